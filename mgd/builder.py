@@ -1,0 +1,338 @@
+"""MGDistiller: teacher + student + matching state in one nn.Module (MGD, Yue et al., ECCV 2020).
+
+The distiller owns the pieces the method needs and nothing an application owns (no loop, no optimizer):
+feature sources for both networks (:mod:`mgd.features`), OFD margins from the teacher's BNs
+(:mod:`mgd.margin`), one trainable norm layer per student stage, the guided indices of the current
+matching and the running cost statistics (:mod:`mgd.matching`), and the channel reducer
+(:mod:`mgd.reducers`). Only the student is deployed; the norm layers are discarded after training.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable, List, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from . import distributed as mdist
+from .features import StageSpec, builtin_ignore_inds, make_feature_source, unwrap
+from .losses import kd_loss
+from .margin import distillation_loss, get_margin_from_BN, margin_from_bn
+from .matching import CostTracker
+from .reducers import get_reducer
+
+__all__ = ["MGDistiller", "SMDistiller", "get_margin_from_BN", "distillation_loss", "mgd_update",
+           "DETECTION_LOSS_FACTORS"]
+
+logger = logging.getLogger("mgd")
+
+#: The original RetinaNet per-level divisors for [C2, C3, C4, C5, P3, P4, P5, P6, P7] (0 = not distilled).
+DETECTION_LOSS_FACTORS = [f * 5e7 for f in (1, 1, 1e-1, 1e-1, 1, 1, 1e-2, 0, 0)]
+
+
+def _default_stage_weights(num_stages: int, det: bool) -> List[float]:
+    """Classification: 1 / 2^(n-i-1), deeper stages weigh more. Detection: 1 / the original's factors."""
+    if det:
+        factors = DETECTION_LOSS_FACTORS[:num_stages] + [DETECTION_LOSS_FACTORS[-1]] * (
+            num_stages - len(DETECTION_LOSS_FACTORS))
+        return [0.0 if f == 0 else 1.0 / f for f in factors]
+    return [1.0 / 2 ** (num_stages - i - 1) for i in range(num_stages)]
+
+
+class MGDistiller(nn.Module):
+    """Matching Guided Distillation between a teacher and a student network.
+
+    The original call works unchanged for models implementing ``extract_feature(x, preReLU)``,
+    ``get_bn_before_relu()`` and ``get_channel_num()``; torchvision ResNet, MobileNetV2 and ShuffleNetV2
+    work with no arguments; any other pair works by naming its stage layers.
+
+    Args:
+        t_net, s_net: teacher and student. The teacher stays in eval mode and receives no gradients.
+        ignore_inds: stages not distilled. None: the student family's default (stage 0 for MobileNetV2 and
+            ShuffleNetV2, whose first stage has another resolution than a ResNet teacher's), else none.
+        reducer: "amp" (absolute max pooling), "sp" (max pooling), "rd" (random drop) or "sm" (sparse matching).
+        sync_bn: SyncBatchNorm for the student-side norm layers when training is distributed.
+        with_kd: also return Hinton's KD loss on the logits (temperature ``kd_temperature``).
+        preReLU: distill pre-ReLU features (the method); False applies a ReLU to both sides.
+        distributed: kept for the original API; the process group is detected automatically.
+        det: detection mode: the student returns a loss dict; GroupNorm(32) student side unless sync_bn;
+            the original RetinaNet per-level loss factors.
+        teacher_layers, student_layers: stage layer names (str or :class:`StageSpec`) for hook capture.
+        teacher_bns: names of the teacher BNs feeding each stage's ReLU (margins), with ``teacher_layers``.
+        teacher_channels, student_channels: channel counts where they cannot be read off the layers.
+        example_input: a small input batch used once to read the channel counts off a forward, if needed.
+        solver: "ortools" (default) or "scipy"; both solve the assignment exactly.
+        stage_weights: per-stage loss weights (default: 1 / 2^(n-i-1), or 1 / the detection factors).
+        student_norm: callable channels -> nn.Module for the student-side norm layers (overrides the default).
+        kd_temperature: KD temperature (1.5 as in the original).
+        teacher_train_mode: keep the teacher in train mode (OFD's option); default eval.
+    """
+
+    def __init__(self, t_net: nn.Module, s_net: nn.Module, ignore_inds: Optional[Sequence[int]] = None,
+                 reducer: str = "amp", sync_bn: bool = False, with_kd: bool = False, preReLU: bool = True,
+                 distributed: bool = False, det: bool = False, *,
+                 teacher_layers: Optional[Sequence[Union[str, StageSpec]]] = None,
+                 student_layers: Optional[Sequence[Union[str, StageSpec]]] = None,
+                 teacher_bns: Optional[Sequence[str]] = None,
+                 teacher_channels: Optional[Sequence[int]] = None,
+                 student_channels: Optional[Sequence[int]] = None,
+                 example_input: Optional[torch.Tensor] = None,
+                 solver: str = "ortools",
+                 stage_weights: Optional[Sequence[float]] = None,
+                 student_norm: Optional[Callable[[int], nn.Module]] = None,
+                 kd_temperature: float = 1.5,
+                 teacher_train_mode: bool = False) -> None:
+        super().__init__()
+        for name, net in (("t_net", t_net), ("s_net", s_net)):
+            if not isinstance(net, nn.Module):
+                raise TypeError(f"{name} must be an nn.Module, got {type(net).__name__}")
+        from .matching import SOLVERS
+        if solver not in SOLVERS:
+            raise ValueError(f"unknown solver {solver!r}; valid solvers: {', '.join(SOLVERS)}")
+        self.reducer_name = reducer
+        self.reducer = get_reducer(reducer)
+        self.t_net = t_net
+        self.s_net = s_net
+        self.sync_bn = bool(sync_bn)
+        self.with_kd = bool(with_kd)
+        self.preReLU = bool(preReLU)
+        self.distributed = bool(distributed)
+        self.det = bool(det)
+        self.solver = solver
+        self.T = float(kd_temperature)
+        self.teacher_train_mode = bool(teacher_train_mode)
+
+        self._t_src = make_feature_source(t_net, teacher_layers, teacher_bns, "teacher")
+        self._s_src = make_feature_source(s_net, student_layers, None, "student")
+        self.t_channels, self.s_channels = self._channels(teacher_channels, student_channels, example_input)
+        n = len(self.t_channels)
+        if len(self.s_channels) != n:
+            raise ValueError(f"the teacher has {n} stages but the student has {len(self.s_channels)}; "
+                             "give the same number of teacher and student layers")
+
+        if ignore_inds is None:
+            ignore_inds = builtin_ignore_inds(s_net) if student_layers is None else []
+        bad = [i for i in ignore_inds if not 0 <= int(i) < n]
+        if bad:
+            raise ValueError(f"ignore_inds {bad} out of range for {n} stages (valid: 0..{n - 1})")
+        self.ignore_inds = sorted({int(i) for i in ignore_inds})
+        self.stages = [i for i in range(n) if i not in self.ignore_inds]
+        if not self.stages:
+            raise ValueError("ignore_inds leaves no stage to distill")
+        for i in self.stages:
+            sc, tc = self.s_channels[i], self.t_channels[i]
+            if sc > tc:
+                raise ValueError(f"stage {i}: the student has {sc} channels but the teacher only {tc}; MGD needs "
+                                 "teacher stages at least as wide as the student's (or ignore this stage)")
+        self.groups = [1 if reducer == "sm" else self.t_channels[i] // self.s_channels[i] for i in range(n)]
+
+        weights = list(stage_weights) if stage_weights is not None else _default_stage_weights(n, self.det)
+        if len(weights) != n:
+            raise ValueError(f"stage_weights has {len(weights)} entries for {n} stages")
+        self.stage_weights = [float(w) for w in weights]
+
+        make_norm = student_norm or self._default_norm()
+        self.BNs = nn.ModuleList([make_norm(c) for c in self.s_channels])
+
+        self._margin_bns = self._t_src.bns()
+        if len(self._margin_bns) != n:
+            raise ValueError(f"the teacher gives {len(self._margin_bns)} margin BNs for {n} stages")
+        for i in range(n):
+            self.register_buffer(f"margin{i + 1}", torch.zeros(self.t_channels[i]))
+            self.register_buffer(f"guided_inds{i + 1}",
+                                 torch.full((self.groups[i] * self.s_channels[i],), -1, dtype=torch.long))
+        self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
+        self.init_margins()
+        # Margins follow the teacher's weights: loading a teacher checkpoint recomputes them.
+        unwrap(t_net).register_load_state_dict_post_hook(lambda module, keys: self.init_margins())
+        self.init_flow()
+        self.train(self.training)
+        self._log_layout()
+
+    # ------------------------------------------------------------------------------------------ set-up
+    def _channels(self, teacher_channels, student_channels, example_input):
+        t_ch = list(teacher_channels) if teacher_channels is not None else self._t_src.channels()
+        s_ch = list(student_channels) if student_channels is not None else self._s_src.channels()
+        if None in t_ch or None in s_ch:
+            if example_input is None:
+                raise ValueError(
+                    "cannot read the channel count of some stage layers off the modules; give "
+                    "teacher_channels=[...] / student_channels=[...] or example_input=<a small input batch>"
+                )
+            with torch.no_grad():
+                was = (self.t_net.training, self.s_net.training)
+                self.t_net.eval(); self.s_net.eval()
+                t_feats, _ = self._t_src(example_input)
+                s_feats, _ = self._s_src(example_input)
+                self.t_net.train(was[0]); self.s_net.train(was[1])
+            t_ch = [c if c is not None else f.shape[1] for c, f in zip(t_ch, t_feats)]
+            s_ch = [c if c is not None else f.shape[1] for c, f in zip(s_ch, s_feats)]
+        return [int(c) for c in t_ch], [int(c) for c in s_ch]
+
+    def _default_norm(self) -> Callable[[int], nn.Module]:
+        use_sync = self.sync_bn and (self.distributed or mdist.is_distributed())
+        if use_sync:
+            return nn.SyncBatchNorm
+        if self.det and not self.sync_bn:
+            def group_norm(c: int) -> nn.Module:
+                if c % 32:
+                    raise ValueError(f"GroupNorm(32) needs channels divisible by 32, got {c}; pass student_norm")
+                return nn.GroupNorm(32, c)
+            return group_norm
+        return nn.BatchNorm2d
+
+    def _log_layout(self) -> None:
+        for i in range(len(self.t_channels)):
+            state = "ignored" if i in self.ignore_inds else f"{self.groups[i]} teacher channel(s) per student channel"
+            logger.info("mgd stage %d: teacher %d -> student %d channels, %s, weight %.3g", i, self.t_channels[i],
+                        self.s_channels[i], state, self.stage_weights[i])
+
+    def init_margins(self) -> None:
+        """Recompute the margins from the teacher's current BN weights (call after changing them by hand;
+        ``load_state_dict`` on the teacher or the distiller does it automatically)."""
+        for i, bn in enumerate(self._margin_bns):
+            margin = margin_from_bn(bn)
+            if margin.numel() != self.t_channels[i]:
+                raise ValueError(f"stage {i}: margin BN has {margin.numel()} channels, the feature {self.t_channels[i]}")
+            getattr(self, f"margin{i + 1}").copy_(margin)
+
+    def init_flow(self) -> None:
+        """Reset the running cost statistics (start of a matching update)."""
+        self._tracker = CostTracker(len(self.t_channels))
+
+    # ------------------------------------------------------------------------------------------ state
+    @property
+    def margins(self) -> List[torch.Tensor]:
+        return [getattr(self, f"margin{i + 1}") for i in range(len(self.t_channels))]
+
+    @property
+    def guided_inds(self) -> List[torch.Tensor]:
+        """Per stage, the 1-D LongTensor of length g*sc: entry k*sc + j is the k-th teacher channel of student j."""
+        return [getattr(self, f"guided_inds{i + 1}") for i in range(len(self.t_channels))]
+
+    @guided_inds.setter
+    def guided_inds(self, values: Sequence[torch.Tensor]) -> None:
+        for buf, value in zip(self.guided_inds, values):
+            buf.copy_(torch.as_tensor(value, dtype=torch.long))
+
+    def get_learnable_parameters(self) -> List[nn.Parameter]:
+        """The student's parameters and the student-side norm layers' (what the optimizer must train)."""
+        return list(self.s_net.parameters()) + list(self.BNs.parameters())
+
+    def train(self, mode: bool = True) -> "MGDistiller":
+        super().train(mode)
+        if not self.teacher_train_mode:
+            self.t_net.train(False)
+        return self
+
+    # ------------------------------------------------------------------------------------------ matching
+    def extract_feature(self, x: torch.Tensor) -> None:
+        """Track one batch for the next matching: accumulate the costs of raw student vs teacher features."""
+        with torch.no_grad():
+            t_feats, _ = self._t_src(x, self.preReLU)
+            s_feats, _ = self._s_src(x, self.preReLU)
+            self._check_features(t_feats, s_feats)
+            for i in self.stages:
+                self._tracker.add(i, s_feats[i], t_feats[i])
+            self._tracker.add_images(x.shape[0])
+
+    def track_running_stats(self, t_feats: Sequence[torch.Tensor], s_feats: Sequence[torch.Tensor]) -> None:
+        """Track already computed features (for callers that run the networks themselves, e.g. detection)."""
+        self._check_features(list(t_feats), list(s_feats))
+        for i in self.stages:
+            self._tracker.add(i, s_feats[i], t_feats[i])
+        self._tracker.add_images(t_feats[self.stages[0]].shape[0])
+
+    @property
+    def tracking_failed(self) -> bool:
+        """True once a tracked batch had non-finite features (the update will fail, keeping the old matching)."""
+        return bool(self._tracker.nonfinite)
+
+    @property
+    def num_tracked_imgs(self) -> int:
+        return self._tracker.num_images
+
+    def update_flow(self) -> None:
+        """Solve the matching from the tracked statistics (all ranks reduced) and store the guided indices."""
+        device = self.num_updates.device
+        shapes = [(self.s_channels[i], self.t_channels[i]) for i in self.stages]
+        try:
+            inds, reports = self._tracker.solve(self.stages, shapes, device, [self.groups[i] for i in self.stages],
+                                                self.solver)
+        finally:
+            self.init_flow()
+        for stage, ind in zip(self.stages, inds):
+            getattr(self, f"guided_inds{stage + 1}").copy_(ind)
+        self.num_updates += 1
+        for r in reports:
+            logger.info("mgd matching %d, stage %d: cost %dx%d solved in %.3f s, mean matched cost %.4f",
+                        int(self.num_updates), r.stage, r.shape[0], r.shape[1], r.seconds, r.mean_cost)
+
+    # ------------------------------------------------------------------------------------------ training
+    def _check_features(self, t_feats, s_feats) -> None:
+        n = len(self.t_channels)
+        if len(t_feats) != n or len(s_feats) != n:
+            raise RuntimeError(f"expected {n} stage features per network, got teacher {len(t_feats)}, "
+                               f"student {len(s_feats)}")
+        for i in self.stages:
+            t, s = t_feats[i], s_feats[i]
+            if t.shape[1] != self.t_channels[i] or s.shape[1] != self.s_channels[i]:
+                raise RuntimeError(f"stage {i}: features have {t.shape[1]} (teacher) / {s.shape[1]} (student) "
+                                   f"channels, expected {self.t_channels[i]} / {self.s_channels[i]}")
+            if t.shape[2:] != s.shape[2:]:
+                raise ValueError(f"stage {i}: teacher feature {tuple(t.shape)} and student feature "
+                                 f"{tuple(s.shape)} differ in spatial size; add {i} to ignore_inds or capture "
+                                 "other layers")
+
+    def stage_loss(self, i: int, s_feat: torch.Tensor, t_feat: torch.Tensor) -> torch.Tensor:
+        """Partial L2 between the normalised student feature and the reduced teacher feature of stage i."""
+        s = self.BNs[i](s_feat)
+        with torch.no_grad():
+            t, m = self.reducer(t_feat, getattr(self, f"margin{i + 1}"), getattr(self, f"guided_inds{i + 1}"),
+                                self.s_channels[i])
+            target = torch.maximum(t, m.view(1, -1, 1, 1).to(t.dtype))
+            floor = torch.where(target > 0, float("-inf"), 0.0).to(s.dtype)
+        kept = torch.maximum(s - target.to(s.dtype), floor)
+        return torch.sum(kept * kept)
+
+    def distill_loss(self, s_feats: Sequence[torch.Tensor], t_feats: Sequence[torch.Tensor]) -> torch.Tensor:
+        self._check_features(t_feats, s_feats)
+        loss = s_feats[self.stages[0]].new_zeros(())
+        for i in self.stages:
+            if self.stage_weights[i] != 0:
+                loss = loss + self.stage_loss(i, s_feats[i], t_feats[i]) * self.stage_weights[i]
+        return loss
+
+    def forward(self, x: torch.Tensor):
+        """(student output, loss_distill); with_kd: (student output, [loss_distill, loss_kd]);
+        det: the student's loss dict gains 'loss_distill'. The distillation loss is summed over elements:
+        divide it by the batch size and a loss factor in the application."""
+        if int(self.num_updates) == 0:
+            raise RuntimeError("no channel matching yet: call mgd_update(loader, distiller) before the first "
+                               "forward (and again every few epochs)")
+        with torch.no_grad():
+            t_feats, t_out = self._t_src(x, self.preReLU)
+        s_feats, s_out = self._s_src(x, self.preReLU)
+        loss_distill = self.distill_loss(s_feats, t_feats)
+        if self.with_kd:
+            return s_out, [loss_distill, kd_loss(s_out, t_out, self.T)]
+        if self.det:
+            s_out["loss_distill"] = loss_distill
+        return s_out, loss_distill
+
+
+class SMDistiller(MGDistiller):
+    """MGD with sparse matching: each student channel learns from one matched teacher channel."""
+
+    def __init__(self, t_net: nn.Module, s_net: nn.Module, ignore_inds: Optional[Sequence[int]] = None,
+                 reducer: str = "sm", sync_bn: bool = False, with_kd: bool = False, preReLU: bool = True,
+                 distributed: bool = False, det: bool = False, **kwargs) -> None:
+        if reducer != "sm":
+            raise ValueError(f"SMDistiller uses the 'sm' reducer, got {reducer!r}; use MGDistiller for others")
+        super().__init__(t_net, s_net, ignore_inds, "sm", sync_bn, with_kd, preReLU, distributed, det, **kwargs)
+
+
+def mgd_update(*args, **kwargs):
+    """See :func:`mgd.update.mgd_update` (re-exported here, where the original defined it)."""
+    from .update import mgd_update as _update
+    return _update(*args, **kwargs)

@@ -1,0 +1,70 @@
+"""mgd_update: the periodic tracking pass and solve (MGD Alg. 1, lines "update matching")."""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any, Iterable, Optional
+
+import torch
+from torch import nn
+
+from . import distributed as mdist
+from .features import unwrap
+
+__all__ = ["mgd_update"]
+
+logger = logging.getLogger("mgd")
+
+#: The original stopped its tracking pass after about this many images ("break for ImageNet-1K").
+LEGACY_MAX_IMAGES = 20000
+
+
+def _images(batch: Any) -> torch.Tensor:
+    if isinstance(batch, torch.Tensor):
+        return batch
+    if isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], torch.Tensor):
+        return batch[0]
+    raise TypeError(f"the loader must yield image tensors or (images, targets) pairs, got {type(batch).__name__}")
+
+
+def mgd_update(loader: Iterable, distiller: nn.Module, max_images: Optional[int] = None) -> None:
+    """Track teacher/student statistics over ``loader`` and solve a new matching.
+
+    The distiller is in eval mode during the pass (the previous train/eval modes are restored after).
+    ``max_images`` caps the images tracked over all ranks together (each rank tracks its share of its own
+    shard); None tracks the whole loader. In a process group every rank must call this; the statistics
+    are all-reduced and every rank ends with the same guided indices. On error (empty loader, non-finite
+    features) the previous matching is kept. The original's third argument (``args``) is accepted and
+    means its fixed cap of 20000 images.
+    """
+    d = unwrap(distiller)
+    if not all(hasattr(d, name) for name in ("init_flow", "extract_feature", "update_flow")):
+        raise TypeError(f"mgd_update needs an MGDistiller, got {type(d).__name__}")
+    if max_images is not None and not isinstance(max_images, int):
+        max_images = LEGACY_MAX_IMAGES  # the original's mgd_update(loader, model, args)
+    if max_images is not None and max_images <= 0:
+        raise ValueError(f"max_images must be positive or None, got {max_images}")
+    per_rank = None if max_images is None else math.ceil(max_images / mdist.get_world_size())
+    device = next(iter(d.buffers())).device
+    modes = {m: m.training for m in d.modules()}
+    start = time.perf_counter()
+    d.eval()
+    d.init_flow()
+    seen = 0
+    try:
+        with torch.no_grad():
+            for batch in loader:
+                images = _images(batch).to(device, non_blocking=True)
+                d.extract_feature(images)
+                seen += images.shape[0]
+                if d.tracking_failed and not mdist.is_distributed():
+                    break  # the update will fail anyway; ranks of a group keep going to stay in step
+                if per_rank is not None and seen >= per_rank:
+                    break
+        logger.info("mgd update: tracked %d images on rank %d in %.1f s", seen, mdist.get_rank(),
+                    time.perf_counter() - start)
+        d.update_flow()
+    finally:
+        for m, mode in modes.items():
+            m.training = mode

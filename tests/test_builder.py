@@ -1,0 +1,245 @@
+import logging
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import mgd
+import mgd.builder
+from mgd import mgd_update
+
+from models import ProtocolResNet, protocol_copy, randomize_bn, tiny_resnet
+
+
+def _pair(bottleneck_teacher=True, **kwargs):
+    torch.manual_seed(0)
+    teacher = randomize_bn(tiny_resnet(bottleneck_teacher))
+    student = tiny_resnet(False)
+    return mgd.MGDistiller(teacher, student, **kwargs)
+
+
+def _data(n=8, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, 32, 32, generator=gen)
+
+
+def test_original_api_verbatim_with_protocol_models():
+    torch.manual_seed(0)
+    t_net = protocol_copy(randomize_bn(tiny_resnet(True)))
+    s_net = protocol_copy(tiny_resnet(False))
+    d_net = mgd.builder.MGDistiller(t_net, s_net, ignore_inds=[], reducer='amp', sync_bn=False,
+                                    with_kd=True, preReLU=True, distributed=False, det=False)
+    x = _data()
+    mgd_update([(x, torch.zeros(8))], d_net)
+    s_out, (loss_distill, loss_kd) = d_net(x)
+    assert s_out.shape == (8, 10)
+    assert [g.shape[0] for g in d_net.guided_inds] == [256, 512, 1024, 2048]  # g*sc = tc here (g = 4)
+    for inds, tc in zip(d_net.guided_inds, [256, 512, 1024, 2048]):
+        assert sorted(inds.tolist()) == list(range(tc))
+    assert loss_distill.item() > 0
+    with torch.no_grad():
+        t_out = t_net(x)
+    expected_kd = F.kl_div(F.log_softmax(s_out / 1.5, 1), F.softmax(t_out / 1.5, 1), reduction="batchmean") * 2.25
+    assert loss_kd.item() == pytest.approx(expected_kd.item(), rel=1e-5)
+    assert isinstance(d_net.BNs[0], nn.BatchNorm2d)
+
+
+def test_protocol_and_hooks_give_the_same_matching_and_loss():
+    hooked = _pair()
+    proto = mgd.MGDistiller(protocol_copy(hooked.t_net), protocol_copy(hooked.s_net))
+    proto.BNs.load_state_dict(hooked.BNs.state_dict())
+    x = _data()
+    mgd_update([x], hooked)
+    mgd_update([x], proto)
+    for a, b in zip(hooked.guided_inds, proto.guided_inds):
+        assert torch.equal(a, b)
+    torch.testing.assert_close(hooked(x)[1], proto(x)[1])
+
+
+def test_loss_equals_reference_formula():
+    d = _pair()
+    x = _data()
+    mgd_update([x], d)
+    d.train()
+    t_feats, _ = d._t_src(x)
+    s_feats, _ = d._s_src(x)
+    expected = 0.0
+    for i in range(4):
+        sc = d.s_channels[i]
+        inds = d.guided_inds[i]
+        t = torch.stack([t_feats[i][:, inds[k * sc:(k + 1) * sc]] for k in range(d.groups[i])], 2)
+        picked = t.gather(2, t.abs().argmax(2, keepdim=True)).squeeze(2)
+        m = torch.stack([d.margins[i][inds[k * sc:(k + 1) * sc]] for k in range(d.groups[i])]).mean(0)
+        s = d.BNs[i](s_feats[i])
+        expected = expected + mgd.distillation_loss(s, picked.detach(), m.view(1, -1, 1, 1)) / 2 ** (3 - i)
+    _, loss = d(x)
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-3)
+
+
+def test_gradients_reach_student_and_norm_layers_not_teacher():
+    d = _pair()
+    x = _data()
+    mgd_update([x], d)
+    d.train()
+    assert not d.t_net.training  # the teacher stays in eval mode
+    out, loss = d(x)
+    (loss + out.sum()).backward()
+    assert all(p.grad is None for p in d.t_net.parameters())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in d.BNs.parameters())
+    assert d.s_net.layer4[0].conv1.weight.grad.abs().sum() > 0
+    assert len(d.get_learnable_parameters()) == len(list(d.s_net.parameters())) + 8
+
+
+def test_state_dict_round_trip_reproduces_the_loss_without_update():
+    d = _pair()
+    x = _data()
+    mgd_update([x], d)
+    mgd_update([x], d)
+    state = d.state_dict()
+    assert int(state["num_updates"]) == 2 and "guided_inds4" in state and "margin1" in state
+    fresh = _pair()
+    with torch.no_grad():  # scrambled norm layers: the load must restore them too
+        for p in fresh.BNs.parameters():
+            p.normal_()
+    fresh.load_state_dict(state)
+    d.eval(); fresh.eval()
+    for a, b in zip(d.guided_inds, fresh.guided_inds):
+        assert torch.equal(a, b)
+    torch.testing.assert_close(d(x)[1], fresh(x)[1])
+
+
+def test_margins_follow_teacher_weights_loaded_later():
+    d = _pair()
+    other = randomize_bn(tiny_resnet(True), seed=7)
+    before = d.margins[0].clone()
+    d.t_net.load_state_dict(other.state_dict())
+    expected = mgd.get_margin_from_BN(other.layer1[-1].bn3)
+    assert not torch.allclose(before, expected)
+    torch.testing.assert_close(d.margins[0], expected)
+
+
+def test_update_restores_modes_and_caps_images(caplog):
+    d = _pair()
+    d.train()
+    seen = []
+
+    class Loader:
+        def __iter__(self):
+            for i in range(10):
+                seen.append(i)
+                yield _data(4, seed=i), torch.zeros(4)
+
+    with caplog.at_level(logging.INFO, logger="mgd"):
+        mgd_update(Loader(), d, max_images=8)
+    assert seen == [0, 1]
+    assert d.training and d.s_net.training and d.BNs[0].training and not d.t_net.training
+    assert "solved in" in caplog.text and "mean matched cost" in caplog.text and "512x2048" in caplog.text
+
+
+def test_forward_before_update_says_what_to_call():
+    with pytest.raises(RuntimeError, match="mgd_update"):
+        _pair()(_data())
+
+
+def test_empty_loader_is_an_error():
+    with pytest.raises(ValueError, match="empty"):
+        mgd_update([], _pair())
+
+
+def test_non_finite_features_keep_the_previous_matching():
+    d = _pair()
+    x = _data()
+    mgd_update([x], d)
+    before = [g.clone() for g in d.guided_inds]
+    bad = x.clone()
+    bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(RuntimeError, match="non-finite"):
+        mgd_update([_data(seed=3), bad], d)
+    assert all(torch.equal(a, b) for a, b in zip(before, d.guided_inds))
+    assert int(d.num_updates) == 1
+
+
+def test_bad_configurations_fail_early_with_clear_messages():
+    teacher, student = tiny_resnet(True), tiny_resnet(False)
+    with pytest.raises(ValueError, match="unknown reducer"):
+        mgd.MGDistiller(teacher, student, reducer="avg")
+    with pytest.raises(ValueError, match="4 stages but the student has 3"):
+        mgd.MGDistiller(teacher, student, student_layers=["layer1", "layer2", "layer3"],
+                        student_channels=[64, 128, 256])
+    with pytest.raises(ValueError, match="student has 256 channels but the teacher only 64"):
+        mgd.MGDistiller(tiny_resnet(False), tiny_resnet(True))
+    with pytest.raises(ValueError, match="not found"):
+        mgd.MGDistiller(teacher, student, teacher_layers=["layer1", "nope", "layer3", "layer4"],
+                        teacher_bns=["layer1.0.bn3"] * 4)
+    with pytest.raises(TypeError, match="BatchNorm"):
+        mgd.MGDistiller(teacher, student, teacher_layers=["layer1", "layer2", "layer3", "layer4"],
+                        teacher_bns=["layer1.0.conv3", "layer2.0.bn3", "layer3.0.bn3", "layer4.0.bn3"],
+                        teacher_channels=[256, 512, 1024, 2048])
+    with pytest.raises(ValueError, match="channel count"):
+        mgd.MGDistiller(teacher, student, teacher_layers=["layer1", "layer2", "layer3", "layer4"],
+                        teacher_bns=["layer1.0.bn3", "layer2.0.bn3", "layer3.0.bn3", "layer4.0.bn3"],
+                        student_layers=["layer1", "layer2", "layer3", "layer4"])
+    with pytest.raises(TypeError, match="nn.Module"):
+        mgd.MGDistiller("resnet50", student)
+    with pytest.raises(ValueError, match="out of range"):
+        mgd.MGDistiller(teacher, student, ignore_inds=[4])
+    with pytest.raises(ValueError, match="no built-in stage positions"):
+        mgd.MGDistiller(nn.Sequential(nn.Conv2d(3, 3, 1)), student)
+
+
+def test_spatial_mismatch_names_the_stage():
+    d = mgd.MGDistiller(randomize_bn(tiny_resnet(True)), tiny_resnet(False),
+                        student_layers=["layer1", "layer2", "layer3", "layer3"],
+                        student_channels=[64, 128, 256, 256])
+    with pytest.raises(ValueError, match="stage 3.*spatial size"):
+        mgd_update([_data()], d)
+
+
+def test_sparse_matching_and_other_reducers_train():
+    x = _data()
+    sm = mgd.builder.SMDistiller(randomize_bn(tiny_resnet(True)), tiny_resnet(False))
+    mgd_update([x], sm)
+    assert [g.numel() for g in sm.guided_inds] == [64, 128, 256, 512]
+    assert sm(x)[1].item() > 0
+    for reducer in ("sp", "rd"):
+        d = _pair(reducer=reducer)
+        mgd_update([x], d)
+        assert torch.isfinite(d(x)[1])
+
+
+def test_detection_mode_adds_loss_to_the_student_dict_and_uses_group_norm():
+    class DetStudent(ProtocolResNet):
+        def extract_feature(self, x, preReLU=False):
+            feats, out = super().extract_feature(x, preReLU)
+            return feats, {"loss_cls": out.mean()}
+
+    teacher = protocol_copy(randomize_bn(tiny_resnet(True)))
+    student = protocol_copy(tiny_resnet(False))
+    det_student = DetStudent(type(student.layer1[0]), [1, 1, 1, 1], num_classes=10)
+    d = mgd.MGDistiller(teacher, det_student, det=True)
+    assert isinstance(d.BNs[0], nn.GroupNorm) and d.BNs[0].num_groups == 32
+    assert d.stage_weights == pytest.approx([1 / 5e7, 1 / 5e7, 1 / 5e6, 1 / 5e6])
+    x = _data()
+    mgd_update([x], d)
+    losses, loss = d(x)
+    assert set(losses) == {"loss_cls", "loss_distill"} and losses["loss_distill"] is loss
+
+
+def test_mgd_update_accepts_the_original_third_argument():
+    class Args:
+        batch_size = 4
+
+    d = _pair()
+    mgd_update([_data()], d, Args())
+    assert int(d.num_updates) == 1
+
+
+def test_torchvision_pair_without_arguments():
+    import torchvision
+    d = mgd.MGDistiller(randomize_bn(torchvision.models.resnet50()), torchvision.models.mobilenet_v2())
+    assert d.ignore_inds == [0] and d.s_channels == [144, 192, 384, 960]
+    x = torch.randn(2, 3, 224, 224)
+    mgd_update([x], d)
+    out, loss = d(x)
+    assert out.shape == (2, 1000) and torch.isfinite(loss)
