@@ -17,7 +17,7 @@ from torch import nn
 from . import distributed as mdist
 from .features import StageSpec, builtin_ignore_inds, make_feature_source, unwrap
 from .losses import kd_loss
-from .margin import distillation_loss, get_margin_from_BN, margin_from_bn
+from .margin import distillation_loss, get_margin_from_BN, margin_from_bn, partial_l2, relu_floor
 from .matching import CostTracker
 from .reducers import get_reducer
 
@@ -37,6 +37,18 @@ def _default_stage_weights(num_stages: int, det: bool) -> List[float]:
             num_stages - len(DETECTION_LOSS_FACTORS))
         return [0.0 if f == 0 else 1.0 / f for f in factors]
     return [1.0 / 2 ** (num_stages - i - 1) for i in range(num_stages)]
+
+
+def stage_loss(norm: nn.Module, student: torch.Tensor, teacher: torch.Tensor, margin: torch.Tensor,
+               guided_inds: torch.Tensor, num_student: int, reducer: Callable) -> torch.Tensor:
+    """One stage of MGD's loss: partial L2 (OFD Eq. 4) between norm(student) and the teacher reduced to
+    the student's channels along the matching; the teacher side carries no gradient."""
+    s = norm(student)
+    with torch.no_grad():
+        t, m = reducer(teacher, margin, guided_inds, num_student)
+        target = torch.maximum(t, m.view(1, -1, 1, 1).to(t.dtype), out=t)  # reducers return fresh tensors
+        floor = relu_floor(target)
+    return partial_l2(s, target, floor)
 
 
 class MGDistiller(nn.Module):
@@ -286,14 +298,8 @@ class MGDistiller(nn.Module):
 
     def stage_loss(self, i: int, s_feat: torch.Tensor, t_feat: torch.Tensor) -> torch.Tensor:
         """Partial L2 between the normalised student feature and the reduced teacher feature of stage i."""
-        s = self.BNs[i](s_feat)
-        with torch.no_grad():
-            t, m = self.reducer(t_feat, getattr(self, f"margin{i + 1}"), getattr(self, f"guided_inds{i + 1}"),
-                                self.s_channels[i])
-            target = torch.maximum(t, m.view(1, -1, 1, 1).to(t.dtype))
-            floor = torch.where(target > 0, float("-inf"), 0.0).to(s.dtype)
-        kept = torch.maximum(s - target.to(s.dtype), floor)
-        return torch.sum(kept * kept)
+        return stage_loss(self.BNs[i], s_feat, t_feat, getattr(self, f"margin{i + 1}"),
+                          getattr(self, f"guided_inds{i + 1}"), self.s_channels[i], self.reducer)
 
     def distill_loss(self, s_feats: Sequence[torch.Tensor], t_feats: Sequence[torch.Tensor]) -> torch.Tensor:
         self._check_features(t_feats, s_feats)

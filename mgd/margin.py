@@ -12,7 +12,7 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["get_margin_from_BN", "margin_from_bn", "distillation_loss", "partial_l2", "is_batchnorm"]
+__all__ = ["get_margin_from_BN", "margin_from_bn", "distillation_loss", "partial_l2", "relu_floor", "is_batchnorm"]
 
 #: Below this probability of a negative response the closed form is numerically meaningless;
 #: OFD then uses -3 standard deviations instead.
@@ -62,17 +62,44 @@ def distillation_loss(source: torch.Tensor, target: torch.Tensor, margin: torch.
     """
     if margin.dim() == 1 and target.dim() == 4:
         margin = margin.view(1, -1, 1, 1)
-    target = torch.max(target, margin)
-    diff = source - target
-    return partial_l2(diff, target > 0)
+    with torch.no_grad():
+        target = torch.max(target.detach(), margin.to(target.dtype))
+        floor = relu_floor(target)
+    return partial_l2(source, target, floor)
 
 
-def partial_l2(diff: torch.Tensor, target_positive: torch.Tensor) -> torch.Tensor:
-    """sum(diff^2) over elements where diff > 0 or the target is positive, in three passes.
+def relu_floor(target: torch.Tensor) -> torch.Tensor:
+    """A very negative number where the target is positive, 0 elsewhere: ``max(source - target, floor)``
+    is then the difference where it counts for the partial L2 and 0 where it does not.
 
-    Written as ``max(diff, floor)^2`` with floor = -inf where the target is positive and 0 elsewhere:
-    one comparison and one reduction instead of two masks, a product and a where.
+    Built from sign, clamp and a multiply: boolean masks (masked_fill, where) and heaviside are several
+    times slower on CPU than these vectorized kernels.
     """
-    floor = torch.where(target_positive, float("-inf"), 0.0).to(diff.dtype)
-    kept = torch.maximum(diff, floor)
-    return torch.sum(kept * kept)
+    return torch.sign(target).clamp_(min=0).mul_(torch.finfo(target.dtype).min)
+
+
+class _PartialL2(torch.autograd.Function):
+    """sum(max(source - target, floor)^2) with one saved tensor and a one-multiply backward.
+
+    Autograd over the plain expression would keep masks for max and the square and run four
+    elementwise backward kernels; the gradient is simply 2 * max(source - target, floor).
+    """
+
+    @staticmethod
+    def forward(ctx, source, target, floor):  # type: ignore[override]
+        kept = source - target.to(source.dtype)
+        torch.maximum(kept, floor.to(source.dtype), out=kept)
+        ctx.save_for_backward(kept)
+        flat = kept.reshape(-1)
+        return torch.dot(flat, flat)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_output):  # type: ignore[override]
+        (kept,) = ctx.saved_tensors
+        return kept * (2 * grad_output), None, None
+
+
+def partial_l2(source: torch.Tensor, target: torch.Tensor, floor: torch.Tensor) -> torch.Tensor:
+    """Partial L2 given the (margin-clamped) target and its :func:`relu_floor`; differentiable in source."""
+    return _PartialL2.apply(source, target, floor)

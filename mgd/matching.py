@@ -18,7 +18,6 @@ from typing import List, Optional, Sequence, Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from . import distributed as mdist
 
@@ -33,6 +32,20 @@ SOLVERS = ("ortools", "scipy")
 _INTEGER_COST_RANGE = 1e7
 
 
+def _unit_channels_major(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (C, B*H*W) with every (image, channel) row of H*W values L2-normalised.
+
+    The division writes straight into the channel-major layout, so normalising and transposing cost one
+    pass over the feature instead of two copies.
+    """
+    b, c = x.shape[:2]
+    flat = x.detach().float().reshape(b, c, -1)
+    norms = torch.linalg.vector_norm(flat, dim=2, keepdim=True).clamp_min_(1e-12)
+    out = torch.empty((c, b, flat.shape[2]), dtype=flat.dtype, device=flat.device)
+    torch.div(flat.transpose(0, 1), norms.transpose(0, 1), out=out)
+    return out.view(c, -1)
+
+
 def batch_cost_sum(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     """Sum over the batch of the (sc, tc) matching cost, in float64, with one matmul.
 
@@ -44,13 +57,9 @@ def batch_cost_sum(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor
             f"student feature {tuple(student.shape)} and teacher feature {tuple(teacher.shape)} must share batch "
             "and spatial size; ignore this stage (ignore_inds) or capture other layers"
         )
-    b, sc = student.shape[:2]
-    tc = teacher.shape[1]
     with torch.autocast(device_type=student.device.type, enabled=False):
-        s = F.normalize(student.detach().float().reshape(b, sc, -1), dim=2)
-        t = F.normalize(teacher.detach().float().reshape(b, tc, -1), dim=2)
-        dots = s.transpose(0, 1).reshape(sc, -1) @ t.transpose(0, 1).reshape(tc, -1).t()
-    return (2.0 * b) - 2.0 * dots.double()
+        dots = _unit_channels_major(student) @ _unit_channels_major(teacher).t()
+    return (2.0 * student.shape[0]) - 2.0 * dots.double()
 
 
 def _solve_rows_ortools(cost: np.ndarray) -> np.ndarray:

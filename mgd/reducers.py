@@ -3,7 +3,8 @@
 ``guided_inds`` has length g*sc; entry k*sc + j is the k-th teacher channel matched to student channel j,
 so ``guided_inds[k*sc:(k+1)*sc]`` are the teacher channels of group k. Each reducer is a pure function,
 vectorized over batch, space and channels; the only Python loop runs over the g groups (g = tc // sc is 1-8
-in practice) and does one elementwise op per group instead of stacking and arg-reducing.
+in practice) and does one elementwise op per group instead of stacking and arg-reducing. Every reducer
+returns freshly allocated tensors, so callers may update them in place.
 """
 from __future__ import annotations
 
@@ -30,16 +31,23 @@ def amp(teacher: torch.Tensor, margin: torch.Tensor, guided_inds: torch.Tensor, 
         generator: Optional[torch.Generator] = None) -> Reduced:
     """Absolute max pooling: per position, the group's value with the largest magnitude; margin: group mean.
 
-    Uses |hi| >= |lo|  <=>  hi + lo >= 0 for the group's running max hi and min lo, so no abs, argmax
-    or gather is needed (ties between +a and -a resolve to +a).
+    Uses only arithmetic kernels (no abs/argmax/gather, no boolean masks, which are slow on CPU): with the
+    group's running max hi and min lo, the largest magnitude is max(hi, -lo) and its sign is the sign of
+    hi + lo (hi + lo >= 0 exactly when |hi| >= |lo|; ties between +a and -a resolve to +a).
     """
     slices = _groups(teacher, guided_inds, num_student)
-    hi = lo = slices[0]
-    for s in slices[1:]:
-        hi = torch.maximum(hi, s)
-        lo = torch.minimum(lo, s)
-    reduced = hi if len(slices) == 1 else torch.where(hi + lo >= 0, hi, lo)
-    return reduced, margin[guided_inds].view(-1, num_student).mean(0)
+    m = margin[guided_inds].view(-1, num_student).mean(0)
+    if len(slices) == 1:
+        return slices[0], m
+    # The slices are fresh copies, reused in place: each elementwise pass costs a full feature read/write.
+    hi, lo = slices[0], torch.minimum(slices[0], slices[1])
+    torch.maximum(hi, slices[1], out=hi)
+    for s in slices[2:]:
+        torch.maximum(hi, s, out=hi)
+        torch.minimum(lo, s, out=lo)
+    sign = torch.add(hi, lo, out=slices[1])
+    magnitude = torch.maximum(hi, lo.neg_(), out=hi)
+    return torch.copysign(magnitude, sign, out=lo), m
 
 
 def sp(teacher: torch.Tensor, margin: torch.Tensor, guided_inds: torch.Tensor, num_student: int,
@@ -48,7 +56,7 @@ def sp(teacher: torch.Tensor, margin: torch.Tensor, guided_inds: torch.Tensor, n
     slices = _groups(teacher, guided_inds, num_student)
     reduced = slices[0]
     for s in slices[1:]:
-        reduced = torch.maximum(reduced, s)
+        torch.maximum(reduced, s, out=reduced)
     return reduced, margin[guided_inds].view(-1, num_student).amax(0)
 
 
