@@ -243,3 +243,22 @@ def test_torchvision_pair_without_arguments():
     mgd_update([x], d)
     out, loss = d(x)
     assert out.shape == (2, 1000) and torch.isfinite(loss)
+
+
+def test_sync_bn_when_distributed_and_plain_bn_otherwise():
+    synced = _pair(sync_bn=True, distributed=True)
+    assert all(isinstance(bn, nn.SyncBatchNorm) for bn in synced.BNs)
+    single = _pair(sync_bn=True)
+    assert all(type(bn) is nn.BatchNorm2d for bn in single.BNs)
+
+
+def test_extra_distributed_sampler_gives_every_rank_the_same_order():
+    from mgd.sampler import ExtraDistributedSampler
+    data = list(range(10))
+    a = ExtraDistributedSampler(data, num_replicas=2, rank=0)
+    b = ExtraDistributedSampler(data, num_replicas=2, rank=1)
+    a.set_epoch(3)
+    b.set_epoch(3)
+    assert list(a) == list(b) and sorted(a) == data and len(a) == 10
+    b.set_epoch(4)
+    assert list(a) != list(b)
