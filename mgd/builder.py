@@ -21,7 +21,7 @@ from .margin import distillation_loss, get_margin_from_BN, margin_from_bn, parti
 from .matching import CostTracker
 from .reducers import get_reducer
 
-__all__ = ["MGDistiller", "SMDistiller", "get_margin_from_BN", "distillation_loss", "mgd_update",
+__all__ = ["MGDistiller", "SMDistiller", "TrainableDistiller", "get_margin_from_BN", "distillation_loss", "mgd_update",
            "DETECTION_LOSS_FACTORS"]
 
 logger = logging.getLogger("mgd")
@@ -174,8 +174,8 @@ class MGDistiller(nn.Module):
             with torch.no_grad():
                 was = (self.t_net.training, self.s_net.training)
                 self.t_net.eval(); self.s_net.eval()
-                t_feats, _ = self._t_src(example_input)
-                s_feats, _ = self._s_src(example_input)
+                t_feats, _ = self._t_src(self.t_net, example_input)
+                s_feats, _ = self._s_src(self.s_net, example_input)
                 self.t_net.train(was[0]); self.s_net.train(was[1])
             t_ch = [c if c is not None else f.shape[1] for c, f in zip(t_ch, t_feats)]
             s_ch = [c if c is not None else f.shape[1] for c, f in zip(s_ch, s_feats)]
@@ -227,6 +227,21 @@ class MGDistiller(nn.Module):
         for buf, value in zip(self.guided_inds, values):
             buf.copy_(torch.as_tensor(value, dtype=torch.long))
 
+    _NETWORK_PREFIXES = ("t_net.", "s_net.")
+
+    def matching_state_dict(self) -> dict:
+        """The distiller's own state without the two networks' weights: margins, guided indices, the
+        student-side norm layers and the update count (what a checkpoint needs beside the student)."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith(self._NETWORK_PREFIXES)}
+
+    def load_matching_state_dict(self, state: dict) -> None:
+        """Inverse of :meth:`matching_state_dict`; every non-network key must be present."""
+        result = self.load_state_dict(state, strict=False)
+        missing = [k for k in result.missing_keys if not k.startswith(self._NETWORK_PREFIXES)]
+        if missing or result.unexpected_keys:
+            raise RuntimeError(f"distiller state does not fit this distiller: missing {missing}, "
+                               f"unexpected {result.unexpected_keys}")
+
     def get_learnable_parameters(self) -> List[nn.Parameter]:
         """The student's parameters and the student-side norm layers' (what the optimizer must train)."""
         return list(self.s_net.parameters()) + list(self.BNs.parameters())
@@ -241,8 +256,8 @@ class MGDistiller(nn.Module):
     def extract_feature(self, x: torch.Tensor) -> None:
         """Track one batch for the next matching: accumulate the costs of raw student vs teacher features."""
         with torch.no_grad():
-            t_feats, _ = self._t_src(x, self.preReLU)
-            s_feats, _ = self._s_src(x, self.preReLU)
+            t_feats, _ = self._t_src(self.t_net, x, self.preReLU)
+            s_feats, _ = self._s_src(self.s_net, x, self.preReLU)
             self._check_features(t_feats, s_feats)
             for i in self.stages:
                 self._tracker.add(i, s_feats[i], t_feats[i])
@@ -317,14 +332,34 @@ class MGDistiller(nn.Module):
             raise RuntimeError("no channel matching yet: call mgd_update(loader, distiller) before the first "
                                "forward (and again every few epochs)")
         with torch.no_grad():
-            t_feats, t_out = self._t_src(x, self.preReLU)
-        s_feats, s_out = self._s_src(x, self.preReLU)
+            t_feats, t_out = self._t_src(self.t_net, x, self.preReLU)
+        s_feats, s_out = self._s_src(self.s_net, x, self.preReLU)
         loss_distill = self.distill_loss(s_feats, t_feats)
         if self.with_kd:
             return s_out, [loss_distill, kd_loss(s_out, t_out, self.T)]
         if self.det:
             s_out["loss_distill"] = loss_distill
         return s_out, loss_distill
+
+
+class TrainableDistiller(nn.Module):
+    """Holds only the trainable parts of a distiller (student and its norm layers); its forward runs the
+    whole distiller. Wrap *this* in DistributedDataParallel: gradients of the student and the norm layers
+    are synchronised while the frozen teacher is neither wrapped, broadcast nor checked for unused
+    parameters."""
+
+    def __init__(self, distiller: MGDistiller) -> None:
+        super().__init__()
+        self.student = distiller.s_net
+        self.norms = distiller.BNs
+        self._distiller = [distiller]  # a list: not registered as a submodule
+
+    @property
+    def distiller(self) -> MGDistiller:
+        return self._distiller[0]
+
+    def forward(self, x: torch.Tensor):
+        return self.distiller(x)
 
 
 class SMDistiller(MGDistiller):

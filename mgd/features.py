@@ -1,7 +1,8 @@
 """How stage features reach the distiller: the original model protocol, or hooks on named modules.
 
-Two sources implement one small interface (``__call__(x, pre_relu) -> (features, output)``, ``bns()``,
-``channels()``):
+Two sources implement one small interface (``__call__(model, x, pre_relu) -> (features, output)``,
+``bns()``, ``channels()``). The model is passed at call time, so a DataParallel replica of the distiller
+runs its own replica of the network:
 
 * :class:`ProtocolFeatures` for models written for the original code, which implement
   ``extract_feature(x, preReLU)``, ``get_bn_before_relu()`` and ``get_channel_num()``;
@@ -24,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["StageSpec", "ProtocolFeatures", "HookFeatures", "builtin_stages", "builtin_ignore_inds",
+__all__ = ["StageSpec", "ProtocolFeatures", "HookFeatures", "builtin_stages", "builtin_ignore_inds", "residual_stages",
            "implements_protocol", "make_feature_source", "unwrap"]
 
 
@@ -66,18 +67,22 @@ def implements_protocol(model: nn.Module) -> bool:
 # ----------------------------------------------------------------------------------------------------------
 # Built-in stage positions for torchvision families (same positions as the original's rewritten models).
 
-def _resnet_stages(model: nn.Module) -> List[StageSpec]:
-    """Input of the last block's final ReLU in layer1-4: the residual sum, as in the original ResNets."""
+def residual_stages(model: nn.Module, layers: Sequence[str] = ("layer1", "layer2", "layer3", "layer4")
+                    ) -> List[StageSpec]:
+    """Stages of a torchvision-style residual network: for each named ``nn.Sequential`` of BasicBlock or
+    Bottleneck blocks, the input of the last block's final ReLU (the residual sum, pre-ReLU, as in the
+    original ResNets), with that block's last BN for the margins. Works for CIFAR-style ResNets built
+    from torchvision blocks too (e.g. ``layers=("layer1", "layer2", "layer3")``)."""
     from torchvision.models.resnet import BasicBlock, Bottleneck
 
     specs = []
-    for layer in ("layer1", "layer2", "layer3", "layer4"):
-        blocks = getattr(model, layer)
+    for layer in layers:
+        blocks = model.get_submodule(layer)
         last = len(blocks) - 1
         block = blocks[last]
-        bn = "bn3" if isinstance(block, Bottleneck) else "bn2"
         if not isinstance(block, (BasicBlock, Bottleneck)):
-            raise TypeError(f"unsupported ResNet block {type(block).__name__}; name the stage layers explicitly")
+            raise TypeError(f"unsupported residual block {type(block).__name__}; name the stage layers explicitly")
+        bn = "bn3" if isinstance(block, Bottleneck) else "bn2"
         specs.append(StageSpec(f"{layer}.{last}.relu", capture="input", bn=f"{layer}.{last}.{bn}",
                                channels=getattr(block, bn).num_features))
     return specs
@@ -121,7 +126,7 @@ def builtin_stages(model: nn.Module) -> Optional[List[StageSpec]]:
 
     m = unwrap(model)
     if isinstance(m, ResNet):
-        return _resnet_stages(m)
+        return residual_stages(m)
     if isinstance(m, MobileNetV2):
         return _mobilenet_v2_stages(m)
     if isinstance(m, ShuffleNetV2):
@@ -145,8 +150,9 @@ class ProtocolFeatures:
     def __init__(self, model: nn.Module) -> None:
         self.model = model
 
-    def __call__(self, x: torch.Tensor, pre_relu: bool = True) -> Tuple[List[torch.Tensor], object]:
-        feats, out = unwrap(self.model).extract_feature(x, preReLU=pre_relu)
+    def __call__(self, model: nn.Module, x: torch.Tensor, pre_relu: bool = True
+                 ) -> Tuple[List[torch.Tensor], object]:
+        feats, out = unwrap(model).extract_feature(x, preReLU=pre_relu)
         return list(feats), out
 
     def bns(self) -> List[nn.Module]:
@@ -167,7 +173,6 @@ class HookFeatures:
     """
 
     def __init__(self, model: nn.Module, stages: Sequence[Union[str, StageSpec]], role: str = "model") -> None:
-        self.model = model
         self.role = role
         self.stages = [s if isinstance(s, StageSpec) else StageSpec(str(s)) for s in stages]
         if not self.stages:
@@ -212,10 +217,11 @@ class HookFeatures:
 
         return pre_hook if from_input else hook
 
-    def __call__(self, x: torch.Tensor, pre_relu: bool = True) -> Tuple[List[torch.Tensor], object]:
+    def __call__(self, model: nn.Module, x: torch.Tensor, pre_relu: bool = True
+                 ) -> Tuple[List[torch.Tensor], object]:
         store = self._store()
         store.clear()
-        out = self.model(x)
+        out = model(x)
         feats = []
         for i, spec in enumerate(self.stages):
             if i not in store:

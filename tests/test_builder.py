@@ -62,8 +62,8 @@ def test_loss_equals_reference_formula():
     x = _data()
     mgd_update([x], d)
     d.train()
-    t_feats, _ = d._t_src(x)
-    s_feats, _ = d._s_src(x)
+    t_feats, _ = d._t_src(d.t_net, x)
+    s_feats, _ = d._s_src(d.s_net, x)
     expected = 0.0
     for i in range(4):
         sc = d.s_channels[i]
@@ -262,3 +262,29 @@ def test_extra_distributed_sampler_gives_every_rank_the_same_order():
     assert list(a) == list(b) and sorted(a) == data and len(a) == 10
     b.set_epoch(4)
     assert list(a) != list(b)
+
+
+def test_matching_state_dict_excludes_networks_and_round_trips():
+    d = _pair()
+    x = _data()
+    mgd_update([x], d)
+    state = d.matching_state_dict()
+    assert not any(k.startswith(("t_net.", "s_net.")) for k in state)
+    assert {"margin1", "guided_inds4", "num_updates", "BNs.0.weight"} <= set(state)
+    fresh = _pair()
+    fresh.load_matching_state_dict(state)
+    d.eval(); fresh.eval()
+    torch.testing.assert_close(d(x)[1], fresh(x)[1])
+    with pytest.raises(RuntimeError, match="missing"):
+        fresh.load_matching_state_dict({k: v for k, v in state.items() if k != "guided_inds2"})
+
+
+def test_trainable_view_holds_student_and_norms_only():
+    d = _pair()
+    view = mgd.builder.TrainableDistiller(d)
+    params = {id(p) for p in view.parameters()}
+    assert params == {id(p) for p in d.get_learnable_parameters()}
+    assert not params & {id(p) for p in d.t_net.parameters()}
+    mgd_update([_data()], d)
+    out, loss = view(_data())
+    assert out.shape == (8, 10) and loss.item() > 0

@@ -15,8 +15,8 @@ def test_hook_capture_equals_protocol_capture_and_is_pre_relu(bottleneck):
     proto = protocol_copy(plain).eval()
     x = torch.randn(2, 3, 64, 64)
     hooks = HookFeatures(plain, builtin_stages(plain))
-    got, out = hooks(x)
-    expected, exp_out = ProtocolFeatures(proto)(x)
+    got, out = hooks(plain, x)
+    expected, exp_out = ProtocolFeatures(proto)(proto, x)
     assert len(got) == 4
     for g, e in zip(got, expected):
         torch.testing.assert_close(g, e)
@@ -44,7 +44,7 @@ def test_builtin_positions_for_torchvision_families():
 def test_mobilenet_v2_features_are_pre_relu6_and_at_the_original_resolutions():
     net = randomize_bn(torchvision.models.mobilenet_v2()).eval()
     x = torch.randn(1, 3, 224, 224)
-    feats, _ = HookFeatures(net, builtin_stages(net))(x)
+    feats, _ = HookFeatures(net, builtin_stages(net))(net, x)
     assert [tuple(f.shape[1:]) for f in feats] == [(144, 28, 28), (192, 28, 28), (384, 14, 14), (960, 7, 7)]
     with torch.no_grad():
         manual = net.features[11].conv[1][1](net.features[11].conv[1][0](net.features[11].conv[0](net.features[:11](x))))
@@ -56,9 +56,9 @@ def test_output_capture_overwritten_in_place_is_an_error():
     net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(inplace=True))
     hooks = HookFeatures(net, ["1"])
     with pytest.raises(RuntimeError, match="modified in place"):
-        hooks(torch.randn(2, 3, 8, 8))
+        hooks(net, torch.randn(2, 3, 8, 8))
     ok = HookFeatures(net, [StageSpec("2", capture="input")])
-    feats, _ = ok(torch.randn(2, 3, 8, 8))
+    feats, _ = ok(net, torch.randn(2, 3, 8, 8))
     assert (feats[0] < 0).any()
 
 
