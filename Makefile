@@ -5,9 +5,8 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.mgd-installed
 
-export OMP_NUM_THREADS ?= 1
 
-.PHONY: test demo bench venv clean
+.PHONY: test demo quickstart bench venv clean
 
 venv: $(STAMP)
 
@@ -18,9 +17,24 @@ $(STAMP): requirements.txt setup.py
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q tests
+
+# Debian's dataset-fashion-mnist package installs the IDX files here; `make demo DOWNLOAD=1` lets
+# torchvision download them instead (needs internet).
+FASHION_MNIST_SRC ?= /usr/share/datasets/fashion-mnist
 
 demo: $(STAMP)
+ifeq ($(DOWNLOAD),1)
+	$(PY) cls/demo.py --download
+else
+	@test -d $(FASHION_MNIST_SRC) || { \
+	  echo "installing Debian's dataset-fashion-mnist"; \
+	  (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null || \
+	  { echo "could not install dataset-fashion-mnist; run 'make demo DOWNLOAD=1' on a machine with internet"; exit 2; }; }
+	$(PY) cls/demo.py --source $(FASHION_MNIST_SRC)
+endif
+
+quickstart: $(STAMP)
 	$(PY) examples/quickstart.py
 
 bench: $(STAMP)

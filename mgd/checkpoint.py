@@ -37,7 +37,11 @@ def safe_load(path: str, map_location: Any = "cpu") -> Any:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # unpickling errors come in many types
-        raise RuntimeError(f"cannot read checkpoint {path}: {exc}") from exc
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        if "Weights only load failed" in first:
+            first = "not a PyTorch file, or it holds objects other than tensors and plain containers " \
+                    "(loaded with weights_only=True)"
+        raise RuntimeError(f"cannot read checkpoint {path}: {first[:300]}") from exc
 
 
 def strip_prefix(state_dict: Mapping[str, Any], prefix: str = "module.") -> dict:

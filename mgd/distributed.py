@@ -14,7 +14,7 @@ import torch.distributed as dist
 
 __all__ = [
     "is_distributed", "get_rank", "get_world_size", "is_main_process", "all_reduce_sum", "broadcast",
-    "barrier", "init_process_group", "default_backend",
+    "barrier", "init_process_group", "default_backend", "same_on_all_ranks",
 ]
 
 
@@ -47,6 +47,20 @@ def broadcast(tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
     if is_distributed():
         dist.broadcast(tensor, src=src)
     return tensor
+
+
+def same_on_all_ranks(tensors) -> bool:
+    """True when every rank holds the same values (compared through a position-weighted checksum's
+    all-reduced min and max); always True in a single process."""
+    if not is_distributed():
+        return True
+    device = tensors[0].device
+    checksum = sum(((t.double().flatten() + 1) * torch.arange(1, t.numel() + 1, device=device,
+                                                               dtype=torch.float64)).sum() for t in tensors)
+    lo, hi = checksum.clone().view(1), checksum.clone().view(1)
+    dist.all_reduce(lo, op=dist.ReduceOp.MIN)
+    dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+    return bool(lo.item() == hi.item())
 
 
 def barrier() -> None:

@@ -9,7 +9,7 @@ import mgd
 import mgd.builder
 from mgd import mgd_update
 
-from models import ProtocolResNet, protocol_copy, randomize_bn, tiny_resnet
+from tiny_models import ProtocolResNet, protocol_copy, randomize_bn, tiny_resnet
 
 
 def _pair(bottleneck_teacher=True, **kwargs):

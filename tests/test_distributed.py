@@ -8,7 +8,7 @@ import torch.multiprocessing as mp
 
 import mgd
 
-from models import randomize_bn, tiny_resnet
+from tiny_models import randomize_bn, tiny_resnet
 
 WORLD = 2
 

@@ -6,7 +6,7 @@ from torch import nn
 import mgd
 from mgd.features import HookFeatures, ProtocolFeatures, StageSpec, builtin_stages
 
-from models import protocol_copy, randomize_bn, tiny_resnet
+from tiny_models import protocol_copy, randomize_bn, tiny_resnet
 
 
 @pytest.mark.parametrize("bottleneck", [False, True])

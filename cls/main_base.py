@@ -1,0 +1,87 @@
+"""Train or evaluate a plain classifier (no distillation): the baseline, and how teachers are made.
+
+    python cls/main_base.py DATA -a resnet18 --epochs 100 -b 256 --lr 0.1
+    python cls/main_base.py DATA --dataset fashion-mnist -a cifar_resnet20 --input-size 28 --epochs 10
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch
+from torch import nn
+
+from cls.engine import build_student, fit, make_loaders
+from cls.models import build_model
+from cls.utils import (UserError, common_parser, evaluate, finish_args, launch, load_checkpoint, make_scheduler,
+                       run_cli, setup_process, worker_guard)
+
+
+def get_parser():
+    return common_parser(__doc__.strip().splitlines()[0])
+
+
+def check_args(args) -> None:
+    """Cheap checks in the parent process, before any worker starts."""
+    try:
+        build_model(args.arch, 2)
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+    if args.dataset == "imagefolder" and not os.path.isdir(args.data):
+        raise UserError(f"data directory not found: {args.data}")
+
+
+@worker_guard
+def worker(local_rank: int, args) -> None:
+    device = setup_process(local_rank, args)
+    train_set, valid_loader, _, num_classes = make_loaders(args, device)
+    model = build_student(args, num_classes)
+    if args.distributed and args.sync_bn:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model.to(device)
+    optimizer = torch.optim.SGD(model.parameters(), args.lr, momentum=args.momentum,
+                                weight_decay=args.weight_decay, nesterov=bool(args.nesterov) and args.momentum > 0)
+    scheduler = make_scheduler(optimizer, args)
+    start_epoch, best = args.start_epoch, 0.0
+    if args.resume:
+        ckpt = load_checkpoint(args.resume)
+        if ckpt.get("arch") != args.arch:
+            raise UserError(f"--resume: checkpoint is for {ckpt.get('arch')}, not {args.arch}")
+        model.load_state_dict(ckpt["student"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["lr_scheduler"])
+        start_epoch, best = int(ckpt["epoch"]), float(ckpt["best_acc1"])
+    if args.evaluate:
+        stats = evaluate(model, valid_loader, device)
+        print(f"{args.arch}: top-1 {stats['top1']:.2f}  top-5 {stats['top5']:.2f}  loss {stats['loss']:.4f}")
+        return
+    if args.distributed:
+        trainable = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                                        else None)
+    elif device.type == "cuda" and torch.cuda.device_count() > 1 and args.gpu is None:
+        trainable = nn.DataParallel(model)
+    else:
+        trainable = model
+    criterion = nn.CrossEntropyLoss()
+
+    def step(images, target):
+        output = trainable(images)
+        loss = criterion(output, target)
+        return loss, output, {"ce": loss.item()}
+
+    fit(args=args, device=device, student=model, step=step, trainable=trainable, optimizer=optimizer,
+        scheduler=scheduler, train_set=train_set, valid_loader=valid_loader, extra_state=dict,
+        start_epoch=start_epoch, best_acc1=best)
+
+
+def main(argv=None) -> None:
+    args = finish_args(get_parser().parse_args(argv), tag=None)
+    check_args(args)
+    launch(worker, args)
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,129 @@
+"""Small-input (28-32 px) networks from the CIFAR distillation tables, built from torchvision blocks.
+
+* ``CifarResNet``: He et al.'s CIFAR ResNet (depth 6n+2, three stages of BasicBlocks, widths w-2w-4w),
+  with 1x1-conv projection shortcuts so torchvision's BasicBlock is used as is.
+* ``WideResNet``: Zagoruyko & Komodakis' pre-activation WRN-d-k (three stages, widths 16k-32k-64k).
+
+Each class documents its distillation positions in ``stage_specs()`` (pre-ReLU tensors, the BN that
+produces them), so the library captures them with hooks; the forwards are ordinary.
+"""
+from __future__ import annotations
+
+from typing import List
+
+import torch
+from torch import nn
+from torchvision.models.resnet import BasicBlock
+
+from mgd.features import StageSpec, residual_stages
+
+__all__ = ["CifarResNet", "WideResNet"]
+
+
+def _init(module: nn.Module) -> None:
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.zeros_(m.bias)
+
+
+class CifarResNet(nn.Module):
+    """ResNet-(6n+2) for small inputs; ``width`` is the first stage's channel count (16 in the paper)."""
+
+    def __init__(self, depth: int = 20, width: int = 16, num_classes: int = 10) -> None:
+        super().__init__()
+        if (depth - 2) % 6:
+            raise ValueError(f"CIFAR ResNet depth must be 6n+2 (20, 32, 44, 56, 110), got {depth}")
+        n = (depth - 2) // 6
+        self.conv1 = nn.Conv2d(3, width, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.inplanes = width
+        self.layer1 = self._stage(width, n, 1)
+        self.layer2 = self._stage(width * 2, n, 2)
+        self.layer3 = self._stage(width * 4, n, 2)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(width * 4, num_classes)
+        _init(self)
+
+    def _stage(self, planes: int, blocks: int, stride: int) -> nn.Sequential:
+        downsample = None
+        if stride != 1 or self.inplanes != planes:
+            downsample = nn.Sequential(nn.Conv2d(self.inplanes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
+        layers = [BasicBlock(self.inplanes, planes, stride, downsample)]
+        self.inplanes = planes
+        layers += [BasicBlock(planes, planes) for _ in range(1, blocks)]
+        return nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+    def stage_specs(self) -> List[StageSpec]:
+        """The residual sum entering each stage's last ReLU."""
+        return residual_stages(self, ("layer1", "layer2", "layer3"))
+
+
+class _WideBlock(nn.Module):
+    """Pre-activation block: BN-ReLU-conv-BN-ReLU-conv, projection shortcut when the shape changes."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.relu1 = nn.ReLU(inplace=True)
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.relu2 = nn.ReLU(inplace=True)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.shortcut = None
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Conv2d(in_planes, planes, 1, stride, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        act = self.relu1(self.bn1(x))
+        identity = x if self.shortcut is None else self.shortcut(act)
+        out = self.conv1(act)
+        out = self.conv2(self.dropout(self.relu2(self.bn2(out))))
+        return out + identity
+
+
+class WideResNet(nn.Module):
+    """WRN-depth-k; depth = 6n + 4."""
+
+    def __init__(self, depth: int = 16, widen: int = 2, num_classes: int = 10, dropout: float = 0.0) -> None:
+        super().__init__()
+        if (depth - 4) % 6:
+            raise ValueError(f"WRN depth must be 6n+4 (16, 22, 28, 40), got {depth}")
+        n = (depth - 4) // 6
+        widths = [16, 16 * widen, 32 * widen, 64 * widen]
+        self.conv1 = nn.Conv2d(3, widths[0], 3, padding=1, bias=False)
+        self.block1 = self._stage(widths[0], widths[1], n, 1, dropout)
+        self.block2 = self._stage(widths[1], widths[2], n, 2, dropout)
+        self.block3 = self._stage(widths[2], widths[3], n, 2, dropout)
+        self.bn = nn.BatchNorm2d(widths[3])
+        self.relu = nn.ReLU(inplace=True)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(widths[3], num_classes)
+        _init(self)
+
+    @staticmethod
+    def _stage(in_planes: int, planes: int, blocks: int, stride: int, dropout: float) -> nn.Sequential:
+        return nn.Sequential(*[_WideBlock(in_planes if i == 0 else planes, planes, stride if i == 0 else 1, dropout)
+                               for i in range(blocks)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.block3(self.block2(self.block1(self.conv1(x))))
+        x = self.relu(self.bn(x))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+    def stage_specs(self) -> List[StageSpec]:
+        """Each stage's output after the next pre-activation BN, before its ReLU (OFD's WRN positions)."""
+        return [StageSpec("block2.0.relu1", capture="input", bn="block2.0.bn1"),
+                StageSpec("block3.0.relu1", capture="input", bn="block3.0.bn1"),
+                StageSpec("relu", capture="input", bn="bn")]

@@ -1,0 +1,153 @@
+"""End-to-end runs of cls/main_base.py and cls/main_mgd.py on a tiny generated ImageFolder."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from PIL import Image
+
+from cls.models import build_model
+from tiny_models import randomize_bn
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STUDENT, TEACHER = "cifar_resnet8_w8", "cifar_resnet8_w16"
+COLORS = [(200, 30, 30), (30, 200, 30), (30, 30, 200)]
+
+
+def run(script, *argv, check=True, timeout=300):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "cls", script), *map(str, argv)], env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    """3 classes, 16 training and 4 validation 16x16 images each; the colour tells the class."""
+    root = tmp_path_factory.mktemp("imgs")
+    gen = torch.Generator().manual_seed(0)
+    for split, count in (("train", 16), ("valid", 4)):
+        for c, color in enumerate(COLORS):
+            folder = root / split / f"class{c}"
+            folder.mkdir(parents=True)
+            for i in range(count):
+                noise = torch.randint(-40, 40, (16, 16, 3), generator=gen)
+                pixels = (torch.tensor(color).view(1, 1, 3) + noise).clamp(0, 255).to(torch.uint8).numpy()
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def teacher_weights(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("teacher") / "teacher.pth"
+    torch.save({"state_dict": {"module." + k: v for k, v in randomize_bn(build_model(TEACHER, 3)).state_dict().items()}},
+               path)
+    return path
+
+
+def common(data, out, epochs=1):
+    return [data, "--input-size", 16, "-b", 8, "--lr", 0.05, "-j", 0, "--seed", 0, "--epochs", epochs,
+            "--output-dir", out, "-a", STUDENT]
+
+
+def mgd_args(data, out, teacher, epochs=1):
+    return common(data, out, epochs) + ["--teacher-arch", TEACHER, "--teacher-resume", teacher,
+                                        "--mgd-update-freq", 1, "--mgd-update-images", 24]
+
+
+def records(out):
+    with open(os.path.join(out, "log.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_base_trains_one_epoch_and_exports_a_plain_state_dict(image_folder, tmp_path):
+    out = tmp_path / "base"
+    run("main_base.py", *common(image_folder, out))
+    epochs = [r for r in records(out) if "epoch" in r]
+    assert len(epochs) == 1 and 0 <= epochs[0]["top1"] <= 100 and epochs[0]["train_ce"] > 0
+    build_model(STUDENT, 3).load_state_dict(torch.load(out / "student.pth", weights_only=True), strict=True)
+
+
+def test_mgd_one_epoch_single_process(image_folder, teacher_weights, tmp_path):
+    out = tmp_path / "mgd"
+    proc = run("main_mgd.py", *mgd_args(image_folder, out, teacher_weights))
+    recs = records(out)
+    matching = [r for r in recs if r.get("event") == "matching"]
+    epochs = [r for r in recs if "epoch" in r]
+    assert [m["num_updates"] for m in matching] == [1] and matching[0]["ranks_agree"]
+    assert len(epochs) == 1 and epochs[0]["train_distill"] > 0 and epochs[0]["train_ce"] > 0
+    assert "solved in" in proc.stdout and "first step: cross-entropy" in proc.stdout
+    ckpt = torch.load(out / "last.pth", weights_only=True)
+    assert {"student", "distiller", "optimizer", "lr_scheduler", "epoch", "best_acc1", "args"} <= set(ckpt)
+    assert ckpt["epoch"] == 1 and ckpt["args"]["arch"] == STUDENT
+    assert ckpt["distiller"]["guided_inds3"].numel() == 64  # g * sc = 2 * 32
+    assert sorted(ckpt["distiller"]["guided_inds3"].tolist()) == list(range(64))
+    build_model(STUDENT, 3).load_state_dict(torch.load(out / "student.pth", weights_only=True), strict=True)
+
+
+def test_mgd_ddp_two_gloo_processes_agree_on_the_matching(image_folder, teacher_weights, tmp_path):
+    out = tmp_path / "ddp"
+    run("main_mgd.py", *mgd_args(image_folder, out, teacher_weights, epochs=2), "--multiprocessing-distributed",
+        "--dist-backend", "gloo", "--nproc-per-node", 2)
+    recs = records(out)
+    matching = [r for r in recs if r.get("event") == "matching"]
+    assert [m["num_updates"] for m in matching] == [1, 2]
+    assert all(m["ranks"] == 2 and m["ranks_agree"] for m in matching)
+    assert len([r for r in recs if "epoch" in r]) == 2
+
+
+def test_interrupted_and_resumed_run_equals_uninterrupted(image_folder, teacher_weights, tmp_path):
+    full, part = tmp_path / "full", tmp_path / "part"
+    run("main_mgd.py", *mgd_args(image_folder, full, teacher_weights, epochs=3), "--mgd-reducer", "rd")
+    run("main_mgd.py", *mgd_args(image_folder, part, teacher_weights, epochs=2), "--mgd-reducer", "rd")
+    run("main_mgd.py", *mgd_args(image_folder, part, teacher_weights, epochs=3), "--mgd-reducer", "rd",
+        "--resume", part / "last.pth")
+    a = torch.load(full / "last.pth", weights_only=True)
+    b = torch.load(part / "last.pth", weights_only=True)
+    assert a["epoch"] == b["epoch"] == 3
+    for key in ("student", "distiller"):
+        for name, value in a[key].items():
+            assert torch.equal(value, b[key][name]), f"{key}.{name} differs after resume"
+    assert a["optimizer"]["state"].keys() == b["optimizer"]["state"].keys()
+    assert [r["top1"] for r in records(full) if "epoch" in r] == [r["top1"] for r in records(part) if "epoch" in r]
+
+
+def test_evaluate_reports_teacher_and_student(image_folder, teacher_weights, tmp_path):
+    proc = run("main_mgd.py", *mgd_args(image_folder, tmp_path / "ev", teacher_weights), "--evaluate")
+    lines = [line for line in proc.stdout.splitlines() if "top-1" in line]
+    assert len(lines) == 2 and lines[0].startswith("teacher") and lines[1].startswith("student")
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "arch", "unreadable", "classes", "resume"])
+def test_user_errors_give_one_line_and_exit_code_2(case, image_folder, teacher_weights, tmp_path):
+    args = mgd_args(image_folder, tmp_path / "err", teacher_weights)
+    expect = {"missing": "not found", "empty": "no images", "arch": "valid:", "unreadable": "cannot read",
+              "classes": "has 5 classes but the data has 3", "resume": "not found"}[case]
+    if case == "missing":
+        args[0] = tmp_path / "nowhere"
+    elif case == "empty":
+        for split in ("train/a", "valid/a"):
+            (tmp_path / "empty" / split).mkdir(parents=True)
+        args[0] = tmp_path / "empty"
+    elif case == "arch":
+        args[args.index("-a") + 1] = "resnet9000"
+    elif case == "unreadable":
+        bad = tmp_path / "bad.pth"
+        bad.write_bytes(b"not a checkpoint")
+        args[args.index("--teacher-resume") + 1] = bad
+    elif case == "classes":
+        five = tmp_path / "five.pth"
+        torch.save(build_model(TEACHER, 5).state_dict(), five)
+        args[args.index("--teacher-resume") + 1] = five
+    elif case == "resume":
+        args += ["--resume", tmp_path / "none.pth"]
+    proc = run("main_mgd.py", *args, check=False)
+    assert proc.returncode == 2, proc.stderr
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and expect in err[0], proc.stderr
+    assert "Traceback" not in proc.stderr
