@@ -40,6 +40,7 @@ quickstart: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_matching.py
 	$(PY) benchmarks/bench_reducer.py
+	$(PY) benchmarks/bench_train_step.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

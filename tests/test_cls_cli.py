@@ -75,7 +75,8 @@ def test_base_trains_one_epoch_and_exports_a_plain_state_dict(image_folder, tmp_
 
 def test_mgd_one_epoch_single_process(image_folder, teacher_weights, tmp_path):
     out = tmp_path / "mgd"
-    proc = run("main_mgd.py", *mgd_args(image_folder, out, teacher_weights))
+    proc = run("main_mgd.py", *mgd_args(image_folder, out, teacher_weights), "--tensorboard")
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(out / "tb"))
     recs = records(out)
     matching = [r for r in recs if r.get("event") == "matching"]
     epochs = [r for r in recs if "epoch" in r]
