@@ -9,7 +9,7 @@ matching and the running cost statistics (:mod:`mgd.matching`), and the channel 
 from __future__ import annotations
 
 import logging
-from typing import Callable, List, Optional, Sequence, Union
+from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -78,6 +78,9 @@ class MGDistiller(nn.Module):
         student_norm: callable channels -> nn.Module for the student-side norm layers (overrides the default).
         kd_temperature: KD temperature (1.5 as in the original).
         teacher_train_mode: keep the teacher in train mode (OFD's option); default eval.
+        own_networks: register t_net and s_net as submodules (default, the original's layout). False when
+            the networks already belong to a larger model (e.g. a detector holding both): the distiller's
+            state_dict then holds only its own state and the owner moves the networks between devices.
     """
 
     def __init__(self, t_net: nn.Module, s_net: nn.Module, ignore_inds: Optional[Sequence[int]] = None,
@@ -93,7 +96,8 @@ class MGDistiller(nn.Module):
                  stage_weights: Optional[Sequence[float]] = None,
                  student_norm: Optional[Callable[[int], nn.Module]] = None,
                  kd_temperature: float = 1.5,
-                 teacher_train_mode: bool = False) -> None:
+                 teacher_train_mode: bool = False,
+                 own_networks: bool = True) -> None:
         super().__init__()
         for name, net in (("t_net", t_net), ("s_net", s_net)):
             if not isinstance(net, nn.Module):
@@ -103,8 +107,12 @@ class MGDistiller(nn.Module):
             raise ValueError(f"unknown solver {solver!r}; valid solvers: {', '.join(SOLVERS)}")
         self.reducer_name = reducer
         self.reducer = get_reducer(reducer)
-        self.t_net = t_net
-        self.s_net = s_net
+        if own_networks:
+            self.t_net = t_net
+            self.s_net = s_net
+        else:  # plain attributes: not submodules, not in state_dict()
+            self.__dict__["t_net"] = t_net
+            self.__dict__["s_net"] = s_net
         self.sync_bn = bool(sync_bn)
         self.with_kd = bool(with_kd)
         self.preReLU = bool(preReLU)
@@ -251,6 +259,23 @@ class MGDistiller(nn.Module):
         if not self.teacher_train_mode:
             self.t_net.train(False)
         return self
+
+    def teacher_features(self, forward: Callable[[], Any]) -> Tuple[List[torch.Tensor], Any]:
+        """Stage features of the teacher captured while ``forward()`` runs (without gradients), and its
+        result; for callers that run the networks themselves (e.g. only a detector's backbone)."""
+        with torch.no_grad():
+            return self._run(self._t_src, forward, "teacher")
+
+    def student_features(self, forward: Callable[[], Any]) -> Tuple[List[torch.Tensor], Any]:
+        """Stage features of the student captured while ``forward()`` runs, and its result: e.g. a
+        detector's own training forward, so the student runs once for both its losses and MGD."""
+        return self._run(self._s_src, forward, "student")
+
+    def _run(self, source, forward, role):
+        if not hasattr(source, "run"):
+            raise TypeError(f"{role}_features needs hook-captured features; this {role} uses the "
+                            "extract_feature protocol, call the distiller instead")
+        return source.run(forward, self.preReLU)
 
     # ------------------------------------------------------------------------------------------ matching
     def extract_feature(self, x: torch.Tensor) -> None:

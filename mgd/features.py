@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -219,9 +219,14 @@ class HookFeatures:
 
     def __call__(self, model: nn.Module, x: torch.Tensor, pre_relu: bool = True
                  ) -> Tuple[List[torch.Tensor], object]:
+        return self.run(lambda: model(x), pre_relu)
+
+    def run(self, forward: Callable[[], object], pre_relu: bool = True) -> Tuple[List[torch.Tensor], object]:
+        """Call ``forward()`` (anything that runs the hooked modules, e.g. a detector's full forward)
+        and return the stage features it produced, with its result."""
         store = self._store()
         store.clear()
-        out = model(x)
+        out = forward()
         feats = []
         for i, spec in enumerate(self.stages):
             if i not in store:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import torch
 from torch import nn
@@ -28,7 +28,8 @@ def _images(batch: Any) -> torch.Tensor:
     raise TypeError(f"the loader must yield image tensors or (images, targets) pairs, got {type(batch).__name__}")
 
 
-def mgd_update(loader: Iterable, distiller: nn.Module, max_images: Optional[int] = None) -> None:
+def mgd_update(loader: Iterable, distiller: nn.Module, max_images: Optional[int] = None,
+               track: Optional[Callable[[nn.Module, Any], int]] = None) -> None:
     """Track teacher/student statistics over ``loader`` and solve a new matching.
 
     The distiller is in eval mode during the pass (the previous train/eval modes are restored after).
@@ -37,6 +38,10 @@ def mgd_update(loader: Iterable, distiller: nn.Module, max_images: Optional[int]
     are all-reduced and every rank ends with the same guided indices. On error (empty loader, non-finite
     features) the previous matching is kept. The original's third argument (``args``) is accepted and
     means its fixed cap of 20000 images.
+
+    ``track(distiller, batch) -> number of images`` replaces the default per-batch step (move the images
+    to the distiller's device, ``distiller.extract_feature(images)``) for batches of another form, e.g.
+    detection inputs; it should call ``distiller.track_running_stats(teacher_feats, student_feats)``.
     """
     d = unwrap(distiller)
     if not all(hasattr(d, name) for name in ("init_flow", "extract_feature", "update_flow")):
@@ -47,17 +52,23 @@ def mgd_update(loader: Iterable, distiller: nn.Module, max_images: Optional[int]
         raise ValueError(f"max_images must be positive or None, got {max_images}")
     per_rank = None if max_images is None else math.ceil(max_images / mdist.get_world_size())
     device = next(iter(d.buffers())).device
-    modes = {m: m.training for m in d.modules()}
+    # the networks too, when the distiller does not own them (own_networks=False)
+    modules = {m for root in (d, d.t_net, d.s_net) for m in root.modules()}
+    modes = {m: m.training for m in modules}
     start = time.perf_counter()
-    d.eval()
+    for m in modules:
+        m.training = False
     d.init_flow()
     seen = 0
     try:
         with torch.no_grad():
             for batch in loader:
-                images = _images(batch).to(device, non_blocking=True)
-                d.extract_feature(images)
-                seen += images.shape[0]
+                if track is None:
+                    images = _images(batch).to(device, non_blocking=True)
+                    d.extract_feature(images)
+                    seen += images.shape[0]
+                else:
+                    seen += int(track(d, batch))
                 if d.tracking_failed and not mdist.is_distributed():
                     break  # the update will fail anyway; ranks of a group keep going to stay in step
                 if per_rank is not None and seen >= per_rank:
