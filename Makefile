@@ -6,15 +6,20 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.mgd-installed
 
 
-.PHONY: test demo quickstart bench venv clean
+.PHONY: test demo quickstart bench venv d2 clean
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt setup.py
+$(STAMP): requirements.txt setup.py d2/install_detectron2.py d2/detectron2_C.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt
 	$(PY) -m pip install --disable-pip-version-check -q --no-deps -e .
+	$(PY) d2/install_detectron2.py
 	touch $(STAMP)
+
+# Real detectron2 0.6 from PyPI sources, no compiled ops (idempotent; part of every set-up above).
+d2: $(STAMP)
+	$(PY) d2/install_detectron2.py
 
 test: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q tests

@@ -1,0 +1,71 @@
+"""A ResNet-FPN backbone whose residual blocks expose their pre-ReLU output to hooks.
+
+Detectron2's BasicBlock and BottleneckBlock end with a functional ``F.relu_``, so the residual sum (the
+pre-ReLU stage feature MGD distils) is invisible to hooks and overwritten in place. The subclasses here
+run the same computation with the last ReLU as an ``nn.ReLU`` module (not in place); parameter names and
+checkpoints are unchanged, so any Detectron2 ResNet checkpoint loads.
+"""
+from __future__ import annotations
+
+from typing import List
+
+import torch.nn.functional as F
+from torch import nn
+
+from detectron2.modeling import BACKBONE_REGISTRY
+from detectron2.modeling.backbone.fpn import build_retinanet_resnet_fpn_backbone
+from detectron2.modeling.backbone.resnet import BasicBlock, BottleneckBlock
+
+from mgd.features import StageSpec
+
+
+class PreReLUBasicBlock(BasicBlock):
+    def forward(self, x):
+        out = F.relu_(self.conv1(x))
+        out = self.conv2(out)
+        shortcut = x if self.shortcut is None else self.shortcut(x)
+        return self.out_relu(out + shortcut)
+
+
+class PreReLUBottleneckBlock(BottleneckBlock):
+    def forward(self, x):
+        out = F.relu_(self.conv1(x))
+        out = F.relu_(self.conv2(out))
+        out = self.conv3(out)
+        shortcut = x if self.shortcut is None else self.shortcut(x)
+        return self.out_relu(out + shortcut)
+
+
+_PRE_RELU = {BasicBlock: PreReLUBasicBlock, BottleneckBlock: PreReLUBottleneckBlock}
+
+
+def _expose_pre_relu(resnet: nn.Module) -> None:
+    for stage in resnet.stages:
+        for block in stage:
+            if type(block) not in _PRE_RELU:
+                raise TypeError(f"unsupported ResNet block {type(block).__name__} for MGD's pre-ReLU capture")
+            block.__class__ = _PRE_RELU[type(block)]
+            block.add_module("out_relu", nn.ReLU(inplace=False))
+
+
+@BACKBONE_REGISTRY.register()
+def build_retinanet_resnet_prerelu_fpn_backbone(cfg, input_shape):
+    """Detectron2's RetinaNet ResNet-FPN backbone (P3-P7), with pre-ReLU-capturable residual blocks."""
+    backbone = build_retinanet_resnet_fpn_backbone(cfg, input_shape)
+    _expose_pre_relu(backbone.bottom_up)
+    return backbone
+
+
+def resnet_stage_specs(resnet: nn.Module) -> List[StageSpec]:
+    """C2-C5: the input of each stage's last block's ReLU, with the norm of its last conv for the margins."""
+    specs = []
+    for name in ("res2", "res3", "res4", "res5"):
+        stage = getattr(resnet, name)
+        last = len(stage) - 1
+        conv = "conv3" if isinstance(stage[last], BottleneckBlock) else "conv2"
+        if not hasattr(stage[last], "out_relu"):
+            raise TypeError("the backbone's blocks do not expose their pre-ReLU output; use "
+                            "MODEL.BACKBONE.NAME build_retinanet_resnet_prerelu_fpn_backbone")
+        specs.append(StageSpec(f"{name}.{last}.out_relu", capture="input", bn=f"{name}.{last}.{conv}.norm",
+                               channels=getattr(stage[last], conv).out_channels))
+    return specs

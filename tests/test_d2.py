@@ -1,0 +1,213 @@
+"""The Detectron2 project on real detectron2 (CPU), with a small generated COCO-format dataset."""
+import json
+import math
+import os
+import sys
+
+import pytest
+import torch
+from PIL import Image
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "d2"))
+
+from detectron2.config import get_cfg  # noqa: E402
+from detectron2.data import DatasetCatalog, build_detection_train_loader  # noqa: E402
+from detectron2.data.datasets import register_coco_instances  # noqa: E402
+from detectron2.modeling.meta_arch.retinanet import RetinaNet  # noqa: E402
+from detectron2.utils.env import seed_all_rng  # noqa: E402
+from detectron2.utils.events import EventStorage  # noqa: E402
+
+import train_net  # noqa: E402
+from mgd_d2 import add_mgd_config  # noqa: E402
+
+CONFIG = os.path.join(ROOT, "d2", "configs", "mgd_retinanet_R50_R18_FPN_1x.yaml")
+
+
+def _make_coco(root, name, count, seed):
+    gen = torch.Generator().manual_seed(seed)
+    images, annotations = [], []
+    os.makedirs(root / name, exist_ok=True)
+    for i in range(count):
+        pixels = torch.randint(0, 60, (96, 128, 3), generator=gen, dtype=torch.uint8)
+        for j in range(2):
+            x, y = int(torch.randint(0, 80, (1,), generator=gen)), int(torch.randint(0, 50, (1,), generator=gen))
+            w, h = 24 + 8 * j, 30 - 6 * j
+            pixels[y:y + h, x:x + w] = torch.tensor([220, 40, 40] if j == 0 else [40, 220, 40], dtype=torch.uint8)
+            annotations.append({"id": len(annotations) + 1, "image_id": i + 1, "category_id": j + 1,
+                                "bbox": [x, y, w, h], "area": w * h, "iscrowd": 0})
+        Image.fromarray(pixels.numpy()).save(root / name / f"{i}.png")
+        images.append({"id": i + 1, "file_name": f"{i}.png", "height": 96, "width": 128})
+    path = root / f"{name}.json"
+    path.write_text(json.dumps({"images": images, "annotations": annotations,
+                                "categories": [{"id": 1, "name": "red"}, {"id": 2, "name": "green"}]}))
+    if name in DatasetCatalog.list():
+        DatasetCatalog.remove(name)
+    register_coco_instances(name, {}, str(path), str(root / name))
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("coco")
+    _make_coco(root, "mgd_toy_train", 6, 0)
+    _make_coco(root, "mgd_toy_val", 3, 1)
+    return root
+
+
+def make_cfg(out, **overrides):
+    cfg = get_cfg()
+    add_mgd_config(cfg)
+    cfg.merge_from_file(CONFIG)
+    cfg.MGD.CONFIG_DIR = os.path.dirname(CONFIG)
+    opts = {"MODEL.DEVICE": "cpu", "MODEL.WEIGHTS": "", "MODEL.RETINANET.NUM_CLASSES": 2,
+            "DATASETS.TRAIN": ("mgd_toy_train",), "DATASETS.TEST": ("mgd_toy_val",),
+            "INPUT.MIN_SIZE_TRAIN": (96,), "INPUT.MAX_SIZE_TRAIN": 128, "INPUT.MIN_SIZE_TEST": 96,
+            "INPUT.MAX_SIZE_TEST": 128, "SOLVER.IMS_PER_BATCH": 2, "SOLVER.BASE_LR": 0.001, "SOLVER.MAX_ITER": 6,
+            "SOLVER.STEPS": (), "SOLVER.CHECKPOINT_PERIOD": 3, "SOLVER.WARMUP_ITERS": 0,
+            "MGD.UPDATE_FREQ": [2, 5], "MGD.UPDATE_SLOW_STEP": [4], "MGD.UPDATE_ITER": 2,
+            "DATALOADER.NUM_WORKERS": 0, "TEST.EVAL_PERIOD": 0, "OUTPUT_DIR": str(out), "SEED": 0}
+    opts.update(overrides)
+    for key, value in opts.items():
+        node = cfg
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = getattr(node, p)
+        setattr(node, leaf, value)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def trained(dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("d2run")
+    cfg = make_cfg(out)
+    trainer = train_net.Trainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    return cfg, trainer, out
+
+
+def test_training_logs_finite_distill_loss_and_updates_on_schedule(trained):
+    cfg, trainer, out = trained
+    with open(out / "metrics.json") as f:
+        metrics = [json.loads(line) for line in f if "loss_distill" in line]
+    assert metrics and all(math.isfinite(m["loss_distill"]) and m["loss_distill"] > 0 for m in metrics)
+    with open(out / "mgd_updates.jsonl") as f:
+        updates = [json.loads(line) for line in f]
+    # before training, every 2 iterations until 4, then every 5: iterations 0, 2, 5
+    assert [u["iteration"] for u in updates] == [0, 2, 5]
+    assert [u["num_updates"] for u in updates] == [1, 2, 3]
+    model = trainer.model
+    assert int(model.distiller.num_updates) == 3
+    for inds, tc in zip(model.distiller.guided_inds, [256, 512, 1024, 2048]):
+        assert sorted(inds.tolist()) == list(range(tc))  # R50 -> R18: 4 teacher channels per student channel
+
+
+def _batch(cfg):
+    return next(iter(build_detection_train_loader(cfg)))
+
+
+def test_gradients_reach_the_student_and_its_norm_layers_not_the_teacher(trained):
+    cfg, trainer, _ = trained
+    model = trainer.model
+    model.train()
+    model.zero_grad(set_to_none=True)
+    with EventStorage(0):  # RetinaNet's training forward writes to the event storage
+        losses = model(_batch(cfg))
+    assert {"loss_cls", "loss_box_reg", "loss_distill"} <= set(losses)
+    sum(losses.values()).backward()
+    assert all(p.grad is None for p in model.teacher.parameters())
+    assert not any(p.requires_grad for p in model.teacher.parameters())
+    res5 = model.student.backbone.bottom_up.res5[-1].conv2.weight
+    assert res5.grad is not None and res5.grad.abs().sum() > 0
+    assert all(p.grad is not None for p in model.distiller.BNs.parameters())
+    assert isinstance(model.distiller.BNs[0], torch.nn.GroupNorm)
+    assert not model.teacher.training
+
+
+def test_captured_backbone_features_are_pre_relu(trained):
+    cfg, trainer, _ = trained
+    model = trainer.model
+    model.eval()
+    images = model.student.preprocess_image(_batch(cfg))
+    feats, _ = model.distiller.student_features(lambda: model.student.backbone.bottom_up(images.tensor))
+    with torch.no_grad():
+        bottom_up = model.student.backbone.bottom_up
+        x = bottom_up.stem(images.tensor)
+        x = bottom_up.res2[0](x)
+        last = bottom_up.res2[1]
+        manual = last.conv2(torch.relu(last.conv1(x))) + x  # the residual sum before the final ReLU
+    torch.testing.assert_close(feats[0], manual)
+    assert all((f < 0).any() for f in feats)
+    assert [f.shape[1] for f in feats] == [64, 128, 256, 512]
+
+
+def test_resume_restores_the_matching(trained, dataset):
+    cfg, trainer, out = trained
+    saved = torch.load(out / "model_final.pth", weights_only=True)["model"]
+    resumed = train_net.Trainer(cfg)
+    resumed.resume_or_load(resume=True)
+    assert resumed.start_iter == 6
+    d = resumed.model.distiller
+    assert int(d.num_updates) == 3
+    for i, inds in enumerate(d.guided_inds):
+        assert torch.equal(inds, saved[f"distiller.guided_inds{i + 1}"])
+        assert torch.equal(inds, trainer.model.distiller.guided_inds[i])
+
+
+def test_eval_only_on_the_mgd_checkpoint_reports_student_coco_ap(trained):
+    cfg, _, out = trained
+    args = train_net.default_argument_parser().parse_args(
+        ["--config-file", CONFIG, "--eval-only", "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", str(out / "model_final.pth"),
+         "MODEL.RETINANET.NUM_CLASSES", "2", "DATASETS.TEST", "('mgd_toy_val',)", "INPUT.MIN_SIZE_TEST", "96",
+         "INPUT.MAX_SIZE_TEST", "128", "OUTPUT_DIR", str(out / "eval"), "DATALOADER.NUM_WORKERS", "0"])
+    results = train_net.main(args)
+    assert "bbox" in results and "AP" in results["bbox"]
+    assert 0 <= results["bbox"]["AP"] <= 100 or math.isnan(results["bbox"]["AP"])
+
+
+def test_updates_do_not_disturb_the_training_stream(dataset, tmp_path):
+    def consumed(freq, out):
+        cfg = make_cfg(out, **{"SOLVER.MAX_ITER": 3, "MGD.UPDATE_FREQ": [freq, freq], "SOLVER.CHECKPOINT_PERIOD": 100})
+        seed_all_rng(0)  # what default_setup does with cfg.SEED: both runs start from the same state
+        trainer = train_net.Trainer(cfg)
+        trainer.resume_or_load(resume=False)
+        seen = []
+        inner = trainer._trainer
+        stream = inner._data_loader_iter
+
+        def recording():
+            for batch in stream:
+                seen.append([(x["file_name"], x["image"].shape[1:], float(x["image"][..., :16].float().mean()))
+                             for x in batch])  # the left strip: changes with a random flip
+                yield batch
+        inner._data_loader_iter = recording()
+        trainer.train()
+        return seen, trainer
+    often, t1 = consumed(1, tmp_path / "often")
+    rarely, t2 = consumed(1000, tmp_path / "rarely")
+    assert int(t1.model.distiller.num_updates) == 3 and int(t2.model.distiller.num_updates) == 1
+    assert often == rarely
+
+
+def test_merge_and_export_scripts(trained, tmp_path):
+    import export_student
+    import merge_weights
+    import torchvision
+    cfg, trainer, out = trained
+    teacher_file = tmp_path / "teacher.pth"
+    torch.save({"model": trainer.model.teacher.state_dict()}, teacher_file)
+    tv_file = tmp_path / "r18.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), tv_file)
+    merged_file = tmp_path / "init.pth"
+    merge_weights.main(["--teacher", str(teacher_file), "--student", str(tv_file), "-o", str(merged_file)])
+    merged = torch.load(merged_file, weights_only=True)["model"]
+    assert "teacher.head.cls_score.weight" in merged and "student.backbone.bottom_up.res5.1.conv2.norm.weight" in merged
+    student_backbone = trainer.model.student.backbone.bottom_up.state_dict()
+    converted = {k[len("student.backbone.bottom_up."):] for k in merged if k.startswith("student.")}
+    assert converted == set(student_backbone)  # every torchvision tensor found its Detectron2 name
+    exported = tmp_path / "student.pth"
+    export_student.main([str(out / "model_final.pth"), "-o", str(exported)])
+    plain = make_cfg(tmp_path)
+    plain.MODEL.META_ARCHITECTURE = "RetinaNet"
+    model = RetinaNet(plain)
+    model.load_state_dict(torch.load(exported, weights_only=True)["model"], strict=True)
