@@ -17,18 +17,9 @@ from torchvision.models.resnet import BasicBlock
 
 from mgd.features import StageSpec, residual_stages
 
+from .common import init_weights
+
 __all__ = ["CifarResNet", "WideResNet"]
-
-
-def _init(module: nn.Module) -> None:
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear):
-            nn.init.zeros_(m.bias)
 
 
 class CifarResNet(nn.Module):
@@ -48,7 +39,7 @@ class CifarResNet(nn.Module):
         self.layer3 = self._stage(width * 4, n, 2)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(width * 4, num_classes)
-        _init(self)
+        init_weights(self)
 
     def _stage(self, planes: int, blocks: int, stride: int) -> nn.Sequential:
         downsample = None
@@ -110,7 +101,7 @@ class WideResNet(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(widths[3], num_classes)
-        _init(self)
+        init_weights(self)
 
     @staticmethod
     def _stage(in_planes: int, planes: int, blocks: int, stride: int, dropout: float) -> nn.Sequential:
