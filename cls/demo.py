@@ -24,7 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from cls.data import FASHION_FILES, prepare_fashion_mnist  # noqa: E402
-from cls.utils import UserError, run_cli  # noqa: E402
+from mgd.runner import UserError, run_cli  # noqa: E402
 
 TEACHER, STUDENT = "cifar_resnet8_w32", "cifar_resnet8_w8"
 

@@ -21,8 +21,9 @@ from mgd.checkpoint import atomic_save
 
 from . import data as cdata
 from .models import build_model, cached_weights_path, load_cached_pretrained
-from .utils import (Meter, RunLog, UserError, accuracy, evaluate, load_weights, plain_args, save_checkpoint,
-                    seed_everything)
+from mgd.runner import UserError, seed_everything
+
+from .utils import Meter, RunLog, accuracy, evaluate, load_weights, plain_args, save_checkpoint
 
 logger = logging.getLogger("cls")
 

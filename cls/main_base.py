@@ -16,8 +16,8 @@ from torch import nn
 
 from cls.engine import build_student, fit, make_loaders
 from cls.models import build_model
-from cls.utils import (UserError, common_parser, evaluate, finish_args, launch, load_checkpoint, make_scheduler,
-                       run_cli, setup_process, worker_guard)
+from cls.utils import common_parser, evaluate, finish_args, load_checkpoint, make_scheduler
+from mgd.runner import UserError, launch, run_cli, setup_process, worker_guard
 
 
 def get_parser():

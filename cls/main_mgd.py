@@ -25,8 +25,9 @@ from mgd.builder import TrainableDistiller
 from cls import data as cdata
 from cls.engine import build_student, fit, make_loaders
 from cls.models import build_model, cached_weights_path, default_teacher, load_cached_pretrained, stage_specs
-from cls.utils import (RunLog, UserError, common_parser, evaluate, finish_args, launch, load_checkpoint,
-                       load_weights, logger, make_scheduler, run_cli, setup_process, worker_guard)
+from cls.utils import (RunLog, common_parser, evaluate, finish_args, load_checkpoint, load_weights, logger,
+                       make_scheduler)
+from mgd.runner import UserError, launch, run_cli, setup_process, worker_guard
 
 
 def get_parser():

@@ -7,7 +7,7 @@ Quick start::
     mgd.mgd_update(train_loader, distiller)          # before training and every few epochs
     logits, loss_distill = distiller(images)
 """
-from . import builder, features, margin, matching, reducers, sampler  # noqa: F401
+from . import builder, features, margin, matching, reducers, runner, sampler  # noqa: F401
 from .builder import MGDistiller, SMDistiller
 from .features import StageSpec
 from .margin import distillation_loss, get_margin_from_BN
