@@ -16,12 +16,50 @@ from torch import nn
 
 from cls.engine import build_student, fit, make_loaders
 from cls.models import build_model
-from cls.utils import common_parser, evaluate, finish_args, load_checkpoint, make_scheduler
+from cls.utils import common_parser, evaluate, finish_args, load_checkpoint, make_scheduler, read_weights
 from mgd.runner import UserError, launch, run_cli, setup_process, worker_guard
 
 
 def get_parser():
-    return common_parser(__doc__.strip().splitlines()[0])
+    p = common_parser(__doc__.strip().splitlines()[0])
+    p.add_argument("--pretrained", default="", metavar="PATH", help="initialise the backbone from a state dict "
+                   "without (or ignoring) the classifier, e.g. unsup/'s student_backbone.pth")
+    p.add_argument("--linear-eval", action="store_true", help="freeze everything but the final classifier "
+                   "(BN statistics included): the linear evaluation of a pretrained backbone")
+    return p
+
+
+def classifier(model: nn.Module):
+    """(state-dict prefix, layer) of the final linear classifier: ``fc`` or ``classifier``'s last Linear."""
+    if isinstance(getattr(model, "fc", None), nn.Linear):
+        return "fc.", model.fc
+    return "classifier.", [m for m in model.classifier.modules() if isinstance(m, nn.Linear)][-1]
+
+
+def load_pretrained_backbone(model: nn.Module, path: str) -> None:
+    """Every tensor but the classifier's, strictly; the classifier is re-initialised (N(0, 0.01), 0)."""
+    head, layer = classifier(model)
+    state = {k: v for k, v in read_weights(path, "--pretrained").items() if not k.startswith(head)}
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not k.startswith(head)]
+    if missing or result.unexpected_keys:
+        raise UserError(f"--pretrained: {path} does not fit {type(model).__name__} (missing {missing[:3]}, "
+                        f"unexpected {result.unexpected_keys[:3]})")
+    nn.init.normal_(layer.weight, 0.0, 0.01)
+    nn.init.zeros_(layer.bias)
+
+
+def freeze_all_but_classifier(model: nn.Module) -> None:
+    """requires_grad only on the classifier; BN layers stay in eval mode (running statistics frozen)."""
+    head, _ = classifier(model)
+    for name, p in model.named_parameters():
+        p.requires_grad = name.startswith(head)
+
+    def keep_bn_frozen(module, inputs):
+        for m in module.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+    model.register_forward_pre_hook(keep_bn_frozen)
 
 
 def check_args(args) -> None:
@@ -39,10 +77,14 @@ def worker(local_rank: int, args) -> None:
     device = setup_process(local_rank, args)
     train_set, valid_loader, _, num_classes = make_loaders(args, device)
     model = build_student(args, num_classes)
+    if args.pretrained:
+        load_pretrained_backbone(model, args.pretrained)
+    if args.linear_eval:
+        freeze_all_but_classifier(model)
     if args.distributed and args.sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
-    optimizer = torch.optim.SGD(model.parameters(), args.lr, momentum=args.momentum,
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], args.lr, momentum=args.momentum,
                                 weight_decay=args.weight_decay, nesterov=bool(args.nesterov) and args.momentum > 0)
     scheduler = make_scheduler(optimizer, args)
     start_epoch, best = args.start_epoch, 0.0

@@ -152,3 +152,15 @@ def test_user_errors_give_one_line_and_exit_code_2(case, image_folder, teacher_w
     err = proc.stderr.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and expect in err[0], proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_linear_evaluation_of_a_pretrained_backbone(image_folder, tmp_path):
+    torch.manual_seed(1)
+    backbone = {k: v for k, v in randomize_bn(build_model(STUDENT, 3)).state_dict().items() if not k.startswith("fc.")}
+    torch.save(backbone, tmp_path / "backbone.pth")
+    out = tmp_path / "lin"
+    run("main_base.py", *common(image_folder, out), "--pretrained", tmp_path / "backbone.pth", "--linear-eval")
+    trained = torch.load(out / "student.pth", weights_only=True)
+    for k, v in backbone.items():
+        assert torch.equal(trained[k], v), f"{k} changed during linear evaluation"
+    assert trained["fc.weight"].abs().sum() > 0 and len([r for r in records(out) if "epoch" in r]) == 1

@@ -1,0 +1,134 @@
+"""MoCo-v2 against its definitions, and the MoCo + MGD script end to end (2 gloo processes)."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from PIL import Image
+
+from unsup.moco import MoCo
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _moco(K=16, m=0.9, mlp=True):
+    torch.manual_seed(0)
+    return MoCo(torchvision.models.resnet18, dim=8, K=K, m=m, T=0.2, mlp=mlp)
+
+
+def test_key_encoder_starts_as_query_encoder_and_follows_by_momentum():
+    moco = _moco()
+    for q, k in zip(moco.encoder_q.parameters(), moco.encoder_k.parameters()):
+        assert torch.equal(q, k) and not k.requires_grad
+    with torch.no_grad():
+        for q in moco.encoder_q.parameters():
+            q.add_(1.0)
+    before = [k.clone() for k in moco.encoder_k.parameters()]
+    moco.momentum_update_key_encoder()
+    for q, k, k0 in zip(moco.encoder_q.parameters(), moco.encoder_k.parameters(), before):
+        torch.testing.assert_close(k, 0.9 * k0 + 0.1 * q)
+
+
+def test_queue_is_first_in_first_out():
+    moco = _moco(K=6)
+    keys1, keys2 = F.normalize(torch.randn(3, 8), dim=1), F.normalize(torch.randn(3, 8), dim=1)
+    old = moco.queue.clone()
+    moco.dequeue_and_enqueue(keys1)
+    assert int(moco.queue_ptr) == 3
+    torch.testing.assert_close(moco.queue[:, :3], keys1.t())
+    torch.testing.assert_close(moco.queue[:, 3:], old[:, 3:])
+    moco.dequeue_and_enqueue(keys2)
+    assert int(moco.queue_ptr) == 0  # wrapped around
+    torch.testing.assert_close(moco.queue, torch.cat([keys1, keys2]).t())
+    with pytest.raises(ValueError, match="multiple"):
+        moco.dequeue_and_enqueue(torch.randn(4, 8))
+
+
+def test_logits_and_labels_follow_infonce():
+    moco = _moco(K=16).eval()
+    im_q, im_k = torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32)
+    queue = moco.queue.clone()
+    logits, labels = moco(im_q, im_k)
+    assert logits.shape == (4, 17) and labels.tolist() == [0, 0, 0, 0]
+    with torch.no_grad():
+        q = F.normalize(moco.encoder_q(im_q), dim=1)
+        k = F.normalize(moco.encoder_k(im_k), dim=1)
+    torch.testing.assert_close(logits[:, 0], (q * k).sum(1) / 0.2)
+    torch.testing.assert_close(logits[:, 1:], q @ queue / 0.2)
+    torch.testing.assert_close(moco.queue[:, :4], k.t())  # this step's keys entered the queue
+
+
+# ---------------------------------------------------------------------------------------------- the script
+
+def run(*argv, check=True):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "unsup", "main_moco_mgd.py"), *map(str, argv)],
+                          env=env, capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("unsup")
+    gen = torch.Generator().manual_seed(0)
+    for c in range(3):
+        folder = root / "train" / f"c{c}"
+        folder.mkdir(parents=True)
+        for i in range(16):
+            pixels = torch.randint(0, 255, (40, 40, 3), generator=gen, dtype=torch.uint8).numpy()
+            Image.fromarray(pixels).save(folder / f"{i}.png")
+    torch.manual_seed(0)
+    teacher = MoCo(torchvision.models.resnet34, dim=128, K=64, mlp=True)
+    torch.save({"epoch": 200, "arch": "resnet34",
+                "state_dict": {"module." + k: v for k, v in teacher.state_dict().items()}}, root / "teacher.pth.tar")
+    return root
+
+
+def args_for(data, out, epochs=1):
+    return [data, "-a", "resnet18", "--teacher-arch", "resnet34", "--teacher-resume", data / "teacher.pth.tar",
+            "--input-size", 32, "-b", 8, "--moco-k", 64, "--mlp", "--aug-plus", "--cos", "--moco-t", 0.2,
+            "-j", 0, "--seed", 0, "--epochs", epochs, "--mgd-update-images", 16, "--output-dir", out]
+
+
+def test_one_epoch_ddp_two_processes_then_resume(data, tmp_path):
+    out = tmp_path / "run"
+    run(*args_for(data, out), "--multiprocessing-distributed", "--dist-backend", "gloo", "--nproc-per-node", 2)
+    with open(out / "log.jsonl") as f:
+        records = [json.loads(line) for line in f]
+    matching = [r for r in records if r.get("event") == "matching"]
+    epochs = [r for r in records if "epoch" in r]
+    assert [m["after_epoch"] for m in matching] == [0, 1]  # before training, and after epoch 1
+    assert all(m["ranks"] == 2 and m["ranks_agree"] for m in matching)
+    assert len(epochs) == 1 and epochs[0]["loss_contrastive"] > 0 and epochs[0]["loss_distill"] > 0
+    assert math.isfinite(epochs[0]["loss_contrastive"]) and math.isfinite(epochs[0]["loss_distill"])
+    ckpt = torch.load(out / "checkpoint_last.pth.tar", weights_only=True)
+    assert ckpt["epoch"] == 1 and int(ckpt["distiller"]["num_updates"]) == 2
+    assert {"encoder_q.conv1.weight", "encoder_k.conv1.weight", "queue", "queue_ptr"} <= set(ckpt["state_dict"])
+    backbone = torch.load(out / "student_backbone.pth", weights_only=True)
+    torchvision.models.resnet18().load_state_dict(backbone, strict=False)
+    assert not any(k.startswith("fc.") for k in backbone)
+    run(*args_for(data, out, epochs=2), "--resume", out / "checkpoint_last.pth.tar",
+        "--mgd-update-epochs", 5)
+    with open(out / "log.jsonl") as f:
+        records = [json.loads(line) for line in f]
+    assert [r["epoch"] for r in records if "epoch" in r] == [0, 1]
+    assert len([r for r in records if r.get("event") == "matching"]) == 2  # resumed: no new update needed
+    assert torch.load(out / "checkpoint_last.pth.tar", weights_only=True)["epoch"] == 2
+
+
+def test_teacher_with_the_wrong_layout_is_one_line_and_exit_2(data, tmp_path):
+    bad = tmp_path / "plain.pth"
+    torch.save(torchvision.models.resnet34().state_dict(), bad)
+    argv = args_for(data, tmp_path / "x")
+    argv[argv.index("--teacher-resume") + 1] = bad
+    proc = run(*argv, check=False)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no 'state_dict'" in lines[0] and "Traceback" not in proc.stderr
