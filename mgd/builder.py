@@ -250,6 +250,10 @@ class MGDistiller(nn.Module):
             raise RuntimeError(f"distiller state does not fit this distiller: missing {missing}, "
                                f"unexpected {result.unexpected_keys}")
 
+    # the names every distiller of mgd.distillers shares
+    own_state_dict = matching_state_dict
+    load_own_state_dict = load_matching_state_dict
+
     def get_learnable_parameters(self) -> List[nn.Parameter]:
         """The student's parameters and the student-side norm layers' (what the optimizer must train)."""
         return list(self.s_net.parameters()) + list(self.BNs.parameters())
@@ -368,23 +372,24 @@ class MGDistiller(nn.Module):
 
 
 class TrainableDistiller(nn.Module):
-    """Holds only the trainable parts of a distiller (student and its norm layers); its forward runs the
-    whole distiller. Wrap *this* in DistributedDataParallel: gradients of the student and the norm layers
-    are synchronised while the frozen teacher is neither wrapped, broadcast nor checked for unused
-    parameters."""
+    """Holds only the trainable parts of a distiller (its children except the teacher: the student and the
+    norm layers, connectors or projections); its forward runs the whole distiller. Wrap *this* in
+    DistributedDataParallel: the trainable parts' gradients are synchronised while the frozen teacher is
+    neither wrapped, broadcast nor checked for unused parameters."""
 
-    def __init__(self, distiller: MGDistiller) -> None:
+    def __init__(self, distiller: nn.Module) -> None:
         super().__init__()
-        self.student = distiller.s_net
-        self.norms = distiller.BNs
+        for name, child in distiller.named_children():
+            if child is not distiller.t_net:
+                self.add_module(name, child)
         self._distiller = [distiller]  # a list: not registered as a submodule
 
     @property
-    def distiller(self) -> MGDistiller:
+    def distiller(self) -> nn.Module:
         return self._distiller[0]
 
-    def forward(self, x: torch.Tensor):
-        return self.distiller(x)
+    def forward(self, *args, **kwargs):
+        return self.distiller(*args, **kwargs)
 
 
 class SMDistiller(MGDistiller):

@@ -164,3 +164,21 @@ def test_linear_evaluation_of_a_pretrained_backbone(image_folder, tmp_path):
     for k, v in backbone.items():
         assert torch.equal(trained[k], v), f"{k} changed during linear evaluation"
     assert trained["fc.weight"].abs().sum() > 0 and len([r for r in records(out) if "epoch" in r]) == 1
+
+
+@pytest.mark.parametrize("method,part", [("ofd", "train_ofd"), ("kd", "train_kd"), ("at", "train_at"),
+                                         ("sp", "train_sp"), ("nd", "train_nd")])
+def test_every_distiller_trains_one_epoch_and_resumes(method, part, image_folder, teacher_weights, tmp_path):
+    out = tmp_path / method
+    run("main_mgd.py", *mgd_args(image_folder, out, teacher_weights), "--distiller", method)
+    first = [r for r in records(out) if "epoch" in r]
+    assert len(first) == 1 and first[0][part] > 0 and first[0]["train_ce"] > 0
+    ckpt = torch.load(out / "last.pth", weights_only=True)
+    assert ckpt["method"] == method
+    run("main_mgd.py", *mgd_args(image_folder, out, teacher_weights, epochs=2), "--distiller", method,
+        "--resume", out / "last.pth")
+    assert [r["epoch"] for r in records(out) if "epoch" in r] == [0, 1]
+    assert not [r for r in records(out) if r.get("event") == "matching"]  # only MGD matches channels
+    wrong = run("main_mgd.py", *mgd_args(image_folder, out, teacher_weights, epochs=3), "--resume",
+                out / "last.pth", check=False)  # an MGD run cannot resume another method's checkpoint
+    assert wrong.returncode == 2 and "not a mgd checkpoint" in wrong.stderr

@@ -1,4 +1,4 @@
-"""Output-level distillation losses used beside MGD's feature loss."""
+"""Knowledge distillation (Hinton, Vinyals & Dean, 2015)."""
 from __future__ import annotations
 
 import torch
