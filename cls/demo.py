@@ -85,9 +85,24 @@ def final_top1(output_dir: str) -> Dict[str, float]:
     return {"last": epochs[-1]["top1"], "best": epochs[-1]["best_top1"], "epochs": len(epochs)}
 
 
-def main(argv=None) -> None:
-    args = parse(argv)
-    begin = time.time()
+def ensure_teacher(args) -> tuple:
+    """(folder, weights) of the teacher for this budget, trained once and cached under args.output."""
+    os.makedirs(args.output, exist_ok=True)
+    teacher_dir = os.path.join(args.output, f"teacher-{TEACHER}-{args.train_subset}-{args.teacher_epochs}ep")
+    teacher_weights = os.path.join(teacher_dir, "student.pth")
+    if os.path.isfile(teacher_weights) and final_top1(teacher_dir)["epochs"] == args.teacher_epochs:
+        print(f"teacher: cached in {teacher_dir}", flush=True)
+        return teacher_dir, teacher_weights
+    print(f"teacher: training {TEACHER} for {args.teacher_epochs} epochs on {args.train_subset} images "
+          "(2 threads; cached for the next run)", flush=True)
+    log = os.path.join(args.output, "teacher.log")
+    proc = start("teacher", "main_base.py", common(args) + schedule(args.teacher_epochs) +
+                 ["-a", TEACHER, "--output-dir", teacher_dir, "--seed", "0"], 2, log)  # one teacher for all seeds
+    wait(proc, "teacher training", log)
+    return teacher_dir, teacher_weights
+
+
+def prepare_data(args) -> None:
     raw = os.path.join(args.data, "FashionMNIST", "raw")
     if not all(os.path.isfile(os.path.join(raw, f)) for f in FASHION_FILES):
         if args.source and os.path.isdir(args.source):
@@ -95,18 +110,13 @@ def main(argv=None) -> None:
         elif not args.download:
             raise UserError("Fashion-MNIST not found: install the Debian package dataset-fashion-mnist and pass "
                             "--source <its folder>, or pass --download (needs internet)")
-    os.makedirs(args.output, exist_ok=True)
-    teacher_dir = os.path.join(args.output, f"teacher-{TEACHER}-{args.train_subset}-{args.teacher_epochs}ep")
-    teacher_weights = os.path.join(teacher_dir, "student.pth")
-    if os.path.isfile(teacher_weights) and final_top1(teacher_dir)["epochs"] == args.teacher_epochs:
-        print(f"teacher: cached in {teacher_dir}", flush=True)
-    else:
-        print(f"teacher: training {TEACHER} for {args.teacher_epochs} epochs on {args.train_subset} images "
-              "(2 threads; cached for the next run)", flush=True)
-        log = os.path.join(args.output, "teacher.log")
-        proc = start("teacher", "main_base.py", common(args) + schedule(args.teacher_epochs) +
-                     ["-a", TEACHER, "--output-dir", teacher_dir], 2, log)
-        wait(proc, "teacher training", log)
+
+
+def main(argv=None) -> None:
+    args = parse(argv)
+    begin = time.time()
+    prepare_data(args)
+    teacher_dir, teacher_weights = ensure_teacher(args)
 
     runs = {
         "student": ("main_base.py", ["-a", STUDENT]),

@@ -1,0 +1,116 @@
+"""Compare distillers on Fashion-MNIST on the same footing: student alone, KD, AT, SP, OFD, KD++ (ND),
+MGD-AMP and MGD-AMP + KD, over several seeds; prints and writes a markdown table of mean +- std top-1.
+
+    python benchmarks/compare_distillers.py --source <folder with the Fashion-MNIST *-ubyte.gz files>
+
+Pair: the demo's teacher cifar_resnet8_w32 (32-64-128 channels) and student cifar_resnet8_w8 (8-16-32), a
+depth-8 CIFAR ResNet 4x narrower than its teacher (in the spirit of the CIFAR tables' resnet32x4 ->
+resnet8x4, shrunk to fit a 2-core CPU). Budget per run: the demo's (a fixed 15,000-image training subset,
+4 epochs, batch 128, lr 0.1 then 0.01 for the last epoch, 28 px), the full 10,000-image test set. The
+teacher is trained once (seed 0) and shared with `make demo`'s cache. Two runs at a time, one thread each.
+Each method's weights are its paper's defaults (KD alpha 0.9, T 4; AT beta 1000; SP gamma 3000;
+ND weight 1); MGD and OFD use loss factor 1e4.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from datetime import date
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from cls.demo import STUDENT, TEACHER, common, ensure_teacher, final_top1, prepare_data, schedule, start, wait  # noqa: E402
+from mgd.runner import run_cli  # noqa: E402
+
+METHODS = {
+    "student alone": ("main_base.py", []),
+    "KD": ("main_mgd.py", ["--distiller", "kd"]),
+    "AT": ("main_mgd.py", ["--distiller", "at"]),
+    "SP": ("main_mgd.py", ["--distiller", "sp"]),
+    "OFD": ("main_mgd.py", ["--distiller", "ofd"]),
+    "KD++ (ND)": ("main_mgd.py", ["--distiller", "nd"]),
+    "MGD-AMP": ("main_mgd.py", ["--distiller", "mgd", "--mgd-reducer", "amp"]),
+    "MGD-AMP + KD": ("main_mgd.py", ["--distiller", "mgd", "--mgd-reducer", "amp", "--mgd-with-kd", "1"]),
+}
+
+
+def parse(argv):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--source", default=None, help="folder with the Fashion-MNIST *-ubyte.gz files")
+    p.add_argument("--data", default=os.path.join(ROOT, "data", "fashion-mnist"))
+    p.add_argument("--output", default=os.path.join(ROOT, "output", "demo"), help="teacher cache (shared with the demo)")
+    p.add_argument("--results", default=os.path.join(ROOT, "output", "compare"))
+    p.add_argument("--download", action="store_true")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
+    p.add_argument("--train-subset", type=int, default=15000)
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--teacher-epochs", type=int, default=4)
+    p.add_argument("--loss-factor", type=float, default=1e4)
+    p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse(argv)
+    begin = time.time()
+    prepare_data(args)
+    teacher_dir, teacher_weights = ensure_teacher(args)
+    queue = []
+    for seed in args.seeds:
+        for method in args.methods:
+            script, extra = METHODS[method]
+            if script == "main_mgd.py":
+                extra = extra + ["--teacher-arch", TEACHER, "--teacher-resume", teacher_weights,
+                                 "--mgd-update-freq", "1", "--mgd-update-images", "5000",
+                                 "--loss-factor", str(args.loss_factor)]
+            slug = method.lower().replace(" ", "").replace("+", "-").replace("(", "").replace(")", "")
+            out = os.path.join(args.results, f"{slug}-seed{seed}")
+            args.seed = seed
+            argv_run = common(args) + schedule(args.epochs) + ["-a", STUDENT, "--output-dir", out] + extra
+            queue.append((method, seed, script, argv_run, out))
+    os.makedirs(args.results, exist_ok=True)
+    results = {m: [] for m in args.methods}
+    running = []
+    while queue or running:
+        while queue and len(running) < args.jobs:
+            method, seed, script, argv_run, out = queue.pop(0)
+            if os.path.isfile(os.path.join(out, "log.jsonl")) and final_top1(out)["epochs"] == args.epochs:
+                results[method].append(final_top1(out)["last"])  # finished in an earlier invocation
+                continue
+            log = out + ".log"
+            running.append((method, seed, out, log, start(f"{method} s{seed}", script, argv_run, 1, log)))
+        for item in list(running):
+            method, seed, out, log, proc = item
+            if proc.poll() is not None:
+                wait(proc, f"{method} seed {seed}", log)
+                results[method].append(final_top1(out)["last"])
+                print(f"done: {method} seed {seed}: {results[method][-1]:.2f}  ({time.time() - begin:.0f} s)", flush=True)
+                running.remove(item)
+        time.sleep(1)
+
+    teacher = final_top1(teacher_dir)["last"]
+    lines = ["| model | top-1 (%), mean ± std over seeds " + " ".join(map(str, args.seeds)) + " |", "| --- | --- |",
+             f"| teacher {TEACHER} (seed 0) | {teacher:.2f} |"]
+    for method in args.methods:
+        vals = results[method]
+        std = statistics.stdev(vals) if len(vals) > 1 else 0.0
+        lines.append(f"| {method} ({STUDENT}) | {statistics.mean(vals):.2f} ± {std:.2f} |")
+    table = "\n".join(lines)
+    note = (f"Fashion-MNIST, {args.train_subset} training images, full test set, {args.epochs} epochs, "
+            f"measured {date.today().isoformat()} in {time.time() - begin:.0f} s with "
+            f"`python benchmarks/compare_distillers.py --seeds {' '.join(map(str, args.seeds))}`")
+    print("\n" + table + "\n\n" + note)
+    with open(os.path.join(args.results, "results.md"), "w") as f:
+        f.write(table + "\n\n" + note + "\n\nper seed: " +
+                "; ".join(f"{m}: {', '.join(f'{v:.2f}' for v in results[m])}" for m in args.methods) + "\n")
+
+
+if __name__ == "__main__":
+    run_cli(main)
