@@ -1,28 +1,21 @@
 """End-to-end runs of cls/main_base.py and cls/main_mgd.py on a tiny generated ImageFolder."""
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 from PIL import Image
 
 from cls.models import build_model
+from scripts import run_script
 from tiny_models import randomize_bn
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STUDENT, TEACHER = "cifar_resnet8_w8", "cifar_resnet8_w16"
 COLORS = [(200, 30, 30), (30, 200, 30), (30, 30, 200)]
 
 
-def run(script, *argv, check=True, timeout=300):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "cls", script), *map(str, argv)], env=env,
-                          capture_output=True, text=True, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}")
-    return proc
+def run(script, *argv, check=True):
+    return run_script(os.path.join("cls", script), *argv, check=check)
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from mgd.distillers import OFDistiller, build_distiller
 from mgd.losses import at_loss, attention_map, kd_loss, nd_loss, sp_loss

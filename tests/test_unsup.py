@@ -2,8 +2,6 @@
 import json
 import math
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -11,9 +9,9 @@ import torch.nn.functional as F
 import torchvision
 from PIL import Image
 
+from scripts import run_script
 from unsup.moco import MoCo
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _moco(K=16, m=0.9, mlp=True):
@@ -66,12 +64,7 @@ def test_logits_and_labels_follow_infonce():
 # ---------------------------------------------------------------------------------------------- the script
 
 def run(*argv, check=True):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "unsup", "main_moco_mgd.py"), *map(str, argv)],
-                          env=env, capture_output=True, text=True, timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc
+    return run_script(os.path.join("unsup", "main_moco_mgd.py"), *argv, check=check)
 
 
 @pytest.fixture(scope="module")
