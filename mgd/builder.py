@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from . import distributed as mdist
+from .base import DistillerBase, check_networks
 from .features import StageSpec, builtin_ignore_inds, make_feature_source, unwrap
 from .losses import kd_loss
 from .margin import distillation_loss, get_margin_from_BN, margin_from_bn, partial_l2, relu_floor
@@ -51,7 +52,7 @@ def stage_loss(norm: nn.Module, student: torch.Tensor, teacher: torch.Tensor, ma
     return partial_l2(s, target, floor)
 
 
-class MGDistiller(nn.Module):
+class MGDistiller(DistillerBase):
     """Matching Guided Distillation between a teacher and a student network.
 
     The original call works unchanged for models implementing ``extract_feature(x, preReLU)``,
@@ -99,9 +100,7 @@ class MGDistiller(nn.Module):
                  teacher_train_mode: bool = False,
                  own_networks: bool = True) -> None:
         super().__init__()
-        for name, net in (("t_net", t_net), ("s_net", s_net)):
-            if not isinstance(net, nn.Module):
-                raise TypeError(f"{name} must be an nn.Module, got {type(net).__name__}")
+        check_networks(t_net, s_net)
         from .matching import SOLVERS
         if solver not in SOLVERS:
             raise ValueError(f"unknown solver {solver!r}; valid solvers: {', '.join(SOLVERS)}")
@@ -235,34 +234,18 @@ class MGDistiller(nn.Module):
         for buf, value in zip(self.guided_inds, values):
             buf.copy_(torch.as_tensor(value, dtype=torch.long))
 
-    _NETWORK_PREFIXES = ("t_net.", "s_net.")
-
     def matching_state_dict(self) -> dict:
         """The distiller's own state without the two networks' weights: margins, guided indices, the
         student-side norm layers and the update count (what a checkpoint needs beside the student)."""
-        return {k: v for k, v in self.state_dict().items() if not k.startswith(self._NETWORK_PREFIXES)}
+        return self.own_state_dict()
 
     def load_matching_state_dict(self, state: dict) -> None:
         """Inverse of :meth:`matching_state_dict`; every non-network key must be present."""
-        result = self.load_state_dict(state, strict=False)
-        missing = [k for k in result.missing_keys if not k.startswith(self._NETWORK_PREFIXES)]
-        if missing or result.unexpected_keys:
-            raise RuntimeError(f"distiller state does not fit this distiller: missing {missing}, "
-                               f"unexpected {result.unexpected_keys}")
-
-    # the names every distiller of mgd.distillers shares
-    own_state_dict = matching_state_dict
-    load_own_state_dict = load_matching_state_dict
+        self.load_own_state_dict(state)
 
     def get_learnable_parameters(self) -> List[nn.Parameter]:
         """The student's parameters and the student-side norm layers' (what the optimizer must train)."""
         return list(self.s_net.parameters()) + list(self.BNs.parameters())
-
-    def train(self, mode: bool = True) -> "MGDistiller":
-        super().train(mode)
-        if not self.teacher_train_mode:
-            self.t_net.train(False)
-        return self
 
     def teacher_features(self, forward: Callable[[], Any]) -> Tuple[List[torch.Tensor], Any]:
         """Stage features of the teacher captured while ``forward()`` runs (without gradients), and its

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from . import distributed as mdist
+from .base import DistillerBase, check_networks
 from .features import StageSpec, make_feature_source, unwrap
 from .losses import at_loss, kd_loss, nd_loss, sp_loss
 from .margin import margin_from_bn, partial_l2, relu_floor
@@ -30,7 +31,7 @@ __all__ = ["Distiller", "KDDistiller", "ATDistiller", "SPDistiller", "OFDistille
 Layers = Optional[Sequence[Union[str, StageSpec]]]
 
 
-class Distiller(nn.Module):
+class Distiller(DistillerBase):
     """Base: teacher (no gradients, eval mode unless ``teacher_train_mode``) and student, optional stage
     features. Subclasses implement ``losses``. The networks are submodules; ``own_state_dict()`` is the
     distiller's own state without them (connectors, buffers)."""
@@ -42,9 +43,7 @@ class Distiller(nn.Module):
                  student_layers: Layers = None, teacher_bns: Optional[Sequence[str]] = None,
                  teacher_train_mode: bool = False) -> None:
         super().__init__()
-        for name, net in (("t_net", t_net), ("s_net", s_net)):
-            if not isinstance(net, nn.Module):
-                raise TypeError(f"{name} must be an nn.Module, got {type(net).__name__}")
+        check_networks(t_net, s_net)
         self.t_net, self.s_net = t_net, s_net
         self.teacher_train_mode = bool(teacher_train_mode)
         self.t_net.requires_grad_(False)
@@ -57,25 +56,8 @@ class Distiller(nn.Module):
                 raise ValueError(f"the teacher has {len(self.t_channels)} stages but the student has "
                                  f"{len(self.s_channels)}")
 
-    def train(self, mode: bool = True) -> "Distiller":
-        super().train(mode)
-        if not self.teacher_train_mode:
-            self.t_net.train(False)
-        return self
-
     def get_learnable_parameters(self) -> List[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
-
-    _NETWORK_PREFIXES = ("t_net.", "s_net.")
-
-    def own_state_dict(self) -> dict:
-        return {k: v for k, v in self.state_dict().items() if not k.startswith(self._NETWORK_PREFIXES)}
-
-    def load_own_state_dict(self, state: dict) -> None:
-        result = self.load_state_dict(state, strict=False)
-        missing = [k for k in result.missing_keys if not k.startswith(self._NETWORK_PREFIXES)]
-        if missing or result.unexpected_keys:
-            raise RuntimeError(f"distiller state does not fit: missing {missing}, unexpected {result.unexpected_keys}")
 
     def _run(self, x: torch.Tensor) -> Tuple[Any, Any, Any, Any]:
         if self.needs_features:
