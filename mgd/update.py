@@ -46,7 +46,11 @@ def mgd_update(loader: Iterable, distiller: nn.Module, max_images: Optional[int]
     d = unwrap(distiller)
     if not all(hasattr(d, name) for name in ("init_flow", "extract_feature", "update_flow")):
         raise TypeError(f"mgd_update needs an MGDistiller, got {type(d).__name__}")
-    if max_images is not None and not isinstance(max_images, int):
+    if isinstance(max_images, float) and max_images.is_integer():
+        max_images = int(max_images)
+    elif max_images is not None and not isinstance(max_images, int):
+        if not hasattr(max_images, "__dict__"):
+            raise TypeError(f"max_images must be an int or None, got {type(max_images).__name__}")
         max_images = LEGACY_MAX_IMAGES  # the original's mgd_update(loader, model, args)
     if max_images is not None and max_images <= 0:
         raise ValueError(f"max_images must be positive or None, got {max_images}")

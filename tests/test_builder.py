@@ -288,3 +288,13 @@ def test_trainable_view_holds_student_and_norms_only():
     mgd_update([_data()], d)
     out, loss = view(_data())
     assert out.shape == (8, 10) and loss.item() > 0
+
+
+def test_max_images_must_be_a_count():
+    d = _pair()
+    with pytest.raises(TypeError, match="max_images"):
+        mgd_update([_data()], d, max_images="all")
+    with pytest.raises(ValueError, match="positive"):
+        mgd_update([_data()], d, max_images=0)
+    mgd_update([_data()], d, max_images=8.0)
+    assert int(d.num_updates) == 1
