@@ -9,6 +9,11 @@ def _loop_groups(teacher, guided_inds, sc):
     return torch.stack([teacher[:, guided_inds[k * sc:(k + 1) * sc]] for k in range(g)], dim=2)  # (B, sc, g, H, W)
 
 
+def _group_margins(margin, guided_inds, sc):
+    g = guided_inds.numel() // sc
+    return torch.stack([margin[guided_inds[k * sc:(k + 1) * sc]] for k in range(g)])  # (g, sc)
+
+
 def _loop_amp(teacher, margin, guided_inds, sc):
     stacked = _loop_groups(teacher, guided_inds, sc)
     b, _, g, h, w = stacked.shape
@@ -19,15 +24,12 @@ def _loop_amp(teacher, margin, guided_inds, sc):
                 for x in range(w):
                     vals = stacked[bi, c, :, y, x]
                     out[bi, c, y, x] = vals[torch.argmax(vals.abs())]
-    m = torch.stack([margin[guided_inds[k * sc:(k + 1) * sc]] for k in range(g)]).mean(0)
-    return out, m
+    return out, _group_margins(margin, guided_inds, sc).mean(0)
 
 
 def _loop_sp(teacher, margin, guided_inds, sc):
     stacked = _loop_groups(teacher, guided_inds, sc)
-    g = stacked.shape[2]
-    m = torch.stack([margin[guided_inds[k * sc:(k + 1) * sc]] for k in range(g)]).max(0).values
-    return stacked.max(2).values, m
+    return stacked.max(2).values, _group_margins(margin, guided_inds, sc).max(0).values
 
 
 def _case(g, sc=3, b=2, h=3, w=2, seed=0):
@@ -39,20 +41,12 @@ def _case(g, sc=3, b=2, h=3, w=2, seed=0):
     return teacher, margin, guided, sc
 
 
+@pytest.mark.parametrize("name,loop", [("amp", _loop_amp), ("sp", _loop_sp)])
 @pytest.mark.parametrize("g", [1, 2, 3, 4])
-def test_amp_equals_loop(g):
+def test_reducer_equals_loop(name, loop, g):
     teacher, margin, guided, sc = _case(g)
-    got_t, got_m = reducers.amp(teacher, margin, guided, sc)
-    exp_t, exp_m = _loop_amp(teacher, margin, guided, sc)
-    torch.testing.assert_close(got_t, exp_t)
-    torch.testing.assert_close(got_m, exp_m)
-
-
-@pytest.mark.parametrize("g", [1, 2, 3, 4])
-def test_sp_equals_loop(g):
-    teacher, margin, guided, sc = _case(g)
-    got_t, got_m = reducers.sp(teacher, margin, guided, sc)
-    exp_t, exp_m = _loop_sp(teacher, margin, guided, sc)
+    got_t, got_m = reducers.get_reducer(name)(teacher, margin, guided, sc)
+    exp_t, exp_m = loop(teacher, margin, guided, sc)
     torch.testing.assert_close(got_t, exp_t)
     torch.testing.assert_close(got_m, exp_m)
 
@@ -69,7 +63,7 @@ def test_rd_picks_one_group_member_per_position(g):
             for y in range(h):
                 for x in range(w):
                     assert got_t[bi, c, y, x] in stacked[bi, c, :, y, x]
-    group_margins = torch.stack([margin[guided[k * sc:(k + 1) * sc]] for k in range(g)], 1)  # (sc, g)
+    group_margins = _group_margins(margin, guided, sc).t()  # (sc, g)
     for c in range(sc):
         assert got_m[c] in group_margins[c]
     if g > 1:  # random: over many positions more than one member is chosen
