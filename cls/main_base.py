@@ -16,7 +16,8 @@ from torch import nn
 
 from cls.engine import build_student, fit, make_loaders
 from cls.models import build_model
-from cls.utils import common_parser, evaluate, finish_args, load_checkpoint, make_scheduler, read_weights
+from cls.utils import (common_parser, evaluate, finish_args, load_checkpoint, make_scheduler, read_weights,
+                       start_output_dir)
 from mgd.runner import UserError, launch, run_cli, setup_process, worker_guard
 
 
@@ -75,6 +76,8 @@ def check_args(args) -> None:
 @worker_guard
 def worker(local_rank: int, args) -> None:
     device = setup_process(local_rank, args)
+    if not args.evaluate:
+        start_output_dir(args.output_dir, bool(args.resume), args.rank)
     train_set, valid_loader, _, num_classes = make_loaders(args, device)
     model = build_student(args, num_classes)
     if args.pretrained:

@@ -29,7 +29,7 @@ from cls import data as cdata
 from cls.engine import build_student, fit, make_loaders
 from cls.models import build_model, cached_weights_path, default_teacher, load_cached_pretrained, stage_specs
 from cls.utils import (RunLog, common_parser, evaluate, finish_args, load_checkpoint, load_weights, logger,
-                       make_scheduler)
+                       make_scheduler, start_output_dir)
 from mgd.runner import UserError, launch, run_cli, setup_process, worker_guard
 
 
@@ -120,6 +120,8 @@ def track_loader(track_set, args, epoch: int) -> DataLoader:
 @worker_guard
 def worker(local_rank: int, args) -> None:
     device = setup_process(local_rank, args)
+    if not args.evaluate:
+        start_output_dir(args.output_dir, bool(args.resume), args.rank)
     train_set, valid_loader, track_set, num_classes = make_loaders(args, device)
     teacher = build_teacher(args, num_classes).to(device)
     student = build_student(args, num_classes)
@@ -155,13 +157,11 @@ def worker(local_rank: int, args) -> None:
                                                         else None)
     elif device.type == "cuda" and torch.cuda.device_count() > 1 and args.gpu is None:
         trainable = nn.DataParallel(distiller)  # replicas of the whole distiller, each running its own copies
-        if args.distiller != "mgd":
-            trainable = view  # the other methods' hooks read one capture per forward: no DataParallel
     else:
         trainable = view
     criterion = nn.CrossEntropyLoss()
     log = RunLog(args.output_dir, args.rank, False)
-
+    is_mgd = args.distiller == "mgd"
     matching_epoch = [int(ckpt.get("matching_epoch", -1)) if args.resume else -1]
 
     def before_epoch(epoch: int) -> dict:
@@ -178,7 +178,6 @@ def worker(local_rank: int, args) -> None:
                    "ranks": args.world_size, "ranks_agree": agree, "seconds": round(time.time() - start, 1)})
         return {"matching_updates": int(distiller.num_updates)}
 
-    is_mgd = args.distiller == "mgd"
     if is_mgd and start_epoch % args.mgd_update_freq and int(distiller.num_updates) == 0:
         before_epoch(start_epoch - start_epoch % args.mgd_update_freq)  # a fresh run started mid-way
     if args.distiller == "nd" and not bool(distiller.class_means_ready):
@@ -199,6 +198,7 @@ def worker(local_rank: int, args) -> None:
             ce_weight = 1.0
         else:
             output, terms = trainable(images, target)
+            terms = {k: v.mean() for k, v in terms.items()}  # DataParallel gathers one value per replica
             ce_weight = distiller.ce_weight
         ce = criterion(output, target)
         loss = ce_weight * ce + sum(terms.values())

@@ -186,6 +186,17 @@ def evaluate(model: torch.nn.Module, loader, device: torch.device) -> Dict[str, 
 
 # ------------------------------------------------------------------------------------------ outputs
 
+def start_output_dir(output_dir: str, resume: bool, rank: int) -> None:
+    """Create the output folder; a fresh (not resumed) run moves an earlier run's log.jsonl aside
+    (log.<time>.jsonl) so that one log never mixes two runs, while a resumed run appends to its log."""
+    if rank != 0:
+        return
+    os.makedirs(output_dir, exist_ok=True)
+    path = os.path.join(output_dir, "log.jsonl")
+    if not resume and os.path.isfile(path):
+        os.replace(path, os.path.join(output_dir, f"log.{time.strftime('%Y%m%d-%H%M%S')}.jsonl"))
+
+
 class RunLog:
     """One summary line per epoch, a JSON-lines file and optional TensorBoard scalars (rank 0 only)."""
 

@@ -63,6 +63,9 @@ def test_base_trains_one_epoch_and_exports_a_plain_state_dict(image_folder, tmp_
     run("main_base.py", *common(image_folder, out))
     epochs = [r for r in records(out) if "epoch" in r]
     assert len(epochs) == 1 and 0 <= epochs[0]["top1"] <= 100 and epochs[0]["train_ce"] > 0
+    run("main_base.py", *common(image_folder, out))  # a fresh run into the same folder: its own log
+    assert len([r for r in records(out) if "epoch" in r]) == 1
+    assert len([f for f in os.listdir(out) if f.startswith("log.") and f != "log.jsonl"]) == 1
     build_model(STUDENT, 3).load_state_dict(torch.load(out / "student.pth", weights_only=True), strict=True)
 
 

@@ -190,6 +190,8 @@ def worker(local_rank: int, args) -> None:
     log_path = os.path.join(args.output_dir, "log.jsonl")
     if args.rank == 0:
         os.makedirs(args.output_dir, exist_ok=True)
+        if not args.resume and os.path.isfile(log_path):  # one log per run; a resumed run appends
+            os.replace(log_path, os.path.join(args.output_dir, f"log.{time.strftime('%Y%m%d-%H%M%S')}.jsonl"))
 
     def log(record: dict) -> None:
         if args.rank == 0:
