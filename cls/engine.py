@@ -21,9 +21,10 @@ from mgd.checkpoint import atomic_save
 
 from . import data as cdata
 from .models import build_model, cached_weights_path, load_cached_pretrained
-from mgd.runner import UserError, seed_everything
+from mgd.runner import UserError, seed_everything, setup_process
 
-from .utils import Meter, RunLog, accuracy, evaluate, load_weights, plain_args, save_checkpoint
+from .utils import (Meter, RunLog, accuracy, evaluate, load_weights, plain_args, save_checkpoint,
+                    start_output_dir)
 
 logger = logging.getLogger("cls")
 
@@ -57,6 +58,14 @@ def make_loaders(args: argparse.Namespace, device: torch.device):
     pin = device.type == "cuda"
     valid_loader = cdata.eval_loader(valid_set, args.per_process_batch, args.workers, args.rank, args.world_size, pin)
     return train_set, valid_loader, track_set, num_classes
+
+
+def start_worker(local_rank: int, args: argparse.Namespace):
+    """Process set-up shared by the scripts: (device, (train set, valid loader, track set, num classes))."""
+    device = setup_process(local_rank, args)
+    if not args.evaluate:
+        start_output_dir(args.output_dir, bool(args.resume), args.rank)
+    return device, make_loaders(args, device)
 
 
 def train_one_epoch(step: StepFn, parameters_owner: torch.nn.Module, train_set, optimizer, epoch: int,

@@ -14,11 +14,10 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 import torch
 from torch import nn
 
-from cls.engine import build_student, fit, make_loaders
+from cls.engine import build_student, fit, start_worker
 from cls.models import build_model
-from cls.utils import (common_parser, evaluate, finish_args, load_checkpoint, make_scheduler, read_weights,
-                       start_output_dir)
-from mgd.runner import UserError, launch, run_cli, setup_process, worker_guard
+from cls.utils import common_parser, evaluate, finish_args, load_checkpoint, make_scheduler, read_weights
+from mgd.runner import UserError, launch, run_cli, worker_guard
 
 
 def get_parser():
@@ -75,10 +74,7 @@ def check_args(args) -> None:
 
 @worker_guard
 def worker(local_rank: int, args) -> None:
-    device = setup_process(local_rank, args)
-    if not args.evaluate:
-        start_output_dir(args.output_dir, bool(args.resume), args.rank)
-    train_set, valid_loader, _, num_classes = make_loaders(args, device)
+    device, (train_set, valid_loader, _, num_classes) = start_worker(local_rank, args)
     model = build_student(args, num_classes)
     if args.pretrained:
         load_pretrained_backbone(model, args.pretrained)

@@ -26,11 +26,11 @@ from mgd import distillers
 from mgd import distributed as mdist
 from mgd.builder import TrainableDistiller
 from cls import data as cdata
-from cls.engine import build_student, fit, make_loaders
+from cls.engine import build_student, fit, start_worker
 from cls.models import build_model, cached_weights_path, default_teacher, load_cached_pretrained, stage_specs
 from cls.utils import (RunLog, common_parser, evaluate, finish_args, load_checkpoint, load_weights, logger,
-                       make_scheduler, start_output_dir)
-from mgd.runner import UserError, launch, run_cli, setup_process, worker_guard
+                       make_scheduler)
+from mgd.runner import UserError, launch, run_cli, worker_guard
 
 
 def get_parser():
@@ -119,10 +119,7 @@ def track_loader(track_set, args, epoch: int) -> DataLoader:
 
 @worker_guard
 def worker(local_rank: int, args) -> None:
-    device = setup_process(local_rank, args)
-    if not args.evaluate:
-        start_output_dir(args.output_dir, bool(args.resume), args.rank)
-    train_set, valid_loader, track_set, num_classes = make_loaders(args, device)
+    device, (train_set, valid_loader, track_set, num_classes) = start_worker(local_rank, args)
     teacher = build_teacher(args, num_classes).to(device)
     student = build_student(args, num_classes)
     if args.distributed and args.sync_bn:
