@@ -1,7 +1,6 @@
 """MGDRetinaNet: a frozen teacher RetinaNet distilling a trainable student RetinaNet through MGD."""
 from __future__ import annotations
 
-import logging
 from typing import Dict, List
 
 import torch
@@ -17,7 +16,6 @@ import mgd
 from .backbone import resnet_stage_specs
 from .config import teacher_config
 
-logger = logging.getLogger("detectron2")
 
 
 @META_ARCH_REGISTRY.register()
