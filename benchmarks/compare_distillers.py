@@ -24,7 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from cls.demo import STUDENT, TEACHER, common, ensure_teacher, final_top1, prepare_data, schedule, start, wait  # noqa: E402
-from mgd.runner import run_cli  # noqa: E402
+from mgd.engine import run_cli  # noqa: E402
 
 METHODS = {
     "student alone": ("main_base.py", []),

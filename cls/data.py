@@ -14,10 +14,10 @@ import shutil
 from typing import Optional, Tuple
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset, Subset
 from torchvision import datasets, transforms
 
-from mgd.runner import UserError
+from mgd.engine import UserError
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 FASHION_MEAN, FASHION_STD = (0.2860,) * 3, (0.3530,) * 3
@@ -124,31 +124,3 @@ def build_datasets(args) -> Tuple[Dataset, Dataset, Dataset, int]:
     train_subset = _subset(train, args.train_subset)
     track = _subset(track, args.train_subset)  # same images as train: same indices
     return train_subset, _subset(valid, args.val_subset), track, classes
-
-
-def shard(dataset: Dataset, rank: int, world_size: int) -> Dataset:
-    """Every world_size-th item starting at rank: disjoint shards, no padding (exact metrics)."""
-    if world_size == 1:
-        return dataset
-    return Subset(dataset, list(range(rank, len(dataset), world_size)))
-
-
-def train_loader(dataset: Dataset, batch_size: int, workers: int, epoch: int, seed: int, rank: int,
-                 world_size: int, pin_memory: bool) -> DataLoader:
-    """The epoch's training loader: a permutation that depends only on (seed, epoch), sharded by rank.
-
-    Rebuilt every epoch so that an interrupted and resumed run sees exactly the same batches.
-    """
-    generator = torch.Generator().manual_seed(seed * 1000 + epoch)
-    order = torch.randperm(len(dataset), generator=generator).tolist()
-    per_rank = len(order) // world_size  # drop the remainder so every rank runs the same number of steps
-    mine = order[rank * per_rank:(rank + 1) * per_rank]
-    return DataLoader(Subset(dataset, mine), batch_size=batch_size, shuffle=False, num_workers=workers,
-                      pin_memory=pin_memory, drop_last=True, generator=generator,
-                      persistent_workers=False)
-
-
-def eval_loader(dataset: Dataset, batch_size: int, workers: int, rank: int, world_size: int,
-                pin_memory: bool) -> DataLoader:
-    return DataLoader(shard(dataset, rank, world_size), batch_size=batch_size, shuffle=False,
-                      num_workers=workers, pin_memory=pin_memory)

@@ -24,7 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from cls.data import FASHION_FILES, prepare_fashion_mnist  # noqa: E402
-from mgd.runner import UserError, run_cli  # noqa: E402
+from mgd.engine import UserError, run_cli  # noqa: E402
 
 TEACHER, STUDENT = "cifar_resnet8_w32", "cifar_resnet8_w8"
 
@@ -45,9 +45,11 @@ def parse(argv):
 
 
 def common(args) -> List[str]:
+    """Flags every run shares: the same data, batch, optimizer (SGD with Nesterov momentum for all, although
+    the original main_base.py used plain momentum) and seed."""
     return [args.data, "--dataset", "fashion-mnist", "--input-size", "28", "-b", "128", "--lr", "0.1",
-            "--wd", "5e-4", "-j", "0", "--seed", str(args.seed), "--train-subset", str(args.train_subset),
-            "-p", "20"] + (["--download"] if args.download else [])
+            "--wd", "5e-4", "--nesterov", "1", "-j", "0", "--seed", str(args.seed), "--train-subset",
+            str(args.train_subset), "-p", "20"] + (["--download"] if args.download else [])
 
 
 def schedule(epochs: int) -> List[str]:

@@ -11,19 +11,18 @@ import sys
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import torch
 from torch import nn
 
-from cls.engine import build_student, fit, start_worker
-from cls.models import build_model
-from cls.utils import common_parser, evaluate, finish_args, load_checkpoint, make_scheduler, read_weights
-from mgd.runner import UserError, launch, run_cli, worker_guard
+from cls.trainer import (build_student, build_teacher, check_arch, evaluate_models, fit, make_optimizer, resume,
+                         start_worker, teacher_arch)
+from cls.utils import accuracy, common_parser, finish_args, make_scheduler
+from mgd.engine import RunLog, UserError, launch, read_weights, run_cli, worker_guard, wrap_for_training
 
 
 def get_parser():
-    p = common_parser(__doc__.strip().splitlines()[0])
-    p.add_argument("--pretrained", default="", metavar="PATH", help="initialise the backbone from a state dict "
-                   "without (or ignoring) the classifier, e.g. unsup/'s student_backbone.pth")
+    p = common_parser(__doc__.strip().splitlines()[0], nesterov=0)
+    p.add_argument("--pretrained-backbone", default="", metavar="PATH", help="initialise the backbone from a "
+                   "state dict without (or ignoring) the classifier, e.g. unsup/'s student_backbone.pth")
     p.add_argument("--linear-eval", action="store_true", help="freeze everything but the final classifier "
                    "(BN statistics included): the linear evaluation of a pretrained backbone")
     return p
@@ -39,11 +38,11 @@ def classifier(model: nn.Module):
 def load_pretrained_backbone(model: nn.Module, path: str) -> None:
     """Every tensor but the classifier's, strictly; the classifier is re-initialised (N(0, 0.01), 0)."""
     head, layer = classifier(model)
-    state = {k: v for k, v in read_weights(path, "--pretrained").items() if not k.startswith(head)}
+    state = {k: v for k, v in read_weights(path, "--pretrained-backbone").items() if not k.startswith(head)}
     result = model.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys if not k.startswith(head)]
     if missing or result.unexpected_keys:
-        raise UserError(f"--pretrained: {path} does not fit {type(model).__name__} (missing {missing[:3]}, "
+        raise UserError(f"--pretrained-backbone: {path} does not fit {type(model).__name__} (missing {missing[:3]}, "
                         f"unexpected {result.unexpected_keys[:3]})")
     nn.init.normal_(layer.weight, 0.0, 0.01)
     nn.init.zeros_(layer.bias)
@@ -64,62 +63,50 @@ def freeze_all_but_classifier(model: nn.Module) -> None:
 
 def check_args(args) -> None:
     """Cheap checks in the parent process, before any worker starts."""
-    try:
-        build_model(args.arch, 2)
-    except ValueError as exc:
-        raise UserError(str(exc)) from exc
+    check_arch(args.arch, *([args.teacher_arch] if args.teacher_arch else []))
     if args.dataset == "imagefolder" and not os.path.isdir(args.data):
         raise UserError(f"data directory not found: {args.data}")
 
 
 @worker_guard
 def worker(local_rank: int, args) -> None:
-    device, (train_set, valid_loader, _, num_classes) = start_worker(local_rank, args)
+    device, precision, (train_set, valid_loader, _, num_classes) = start_worker(local_rank, args)
     model = build_student(args, num_classes)
-    if args.pretrained:
-        load_pretrained_backbone(model, args.pretrained)
+    if args.pretrained_backbone:
+        load_pretrained_backbone(model, args.pretrained_backbone)
     if args.linear_eval:
         freeze_all_but_classifier(model)
     if args.distributed and args.sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    model.to(device)
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], args.lr, momentum=args.momentum,
-                                weight_decay=args.weight_decay, nesterov=bool(args.nesterov) and args.momentum > 0)
+    precision.prepare_model(model.to(device))
+    optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], args)
     scheduler = make_scheduler(optimizer, args)
-    start_epoch, best = args.start_epoch, 0.0
-    if args.resume:
-        ckpt = load_checkpoint(args.resume)
-        if ckpt.get("arch") != args.arch:
-            raise UserError(f"--resume: checkpoint is for {ckpt.get('arch')}, not {args.arch}")
-        model.load_state_dict(ckpt["student"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["lr_scheduler"])
-        start_epoch, best = int(ckpt["epoch"]), float(ckpt["best_acc1"])
+    start_epoch, best, _ = resume(args, model, optimizer, scheduler, precision)
     if args.evaluate:
-        stats = evaluate(model, valid_loader, device)
-        print(f"{args.arch}: top-1 {stats['top1']:.2f}  top-5 {stats['top5']:.2f}  loss {stats['loss']:.4f}")
+        models = {}
+        if args.teacher_resume:
+            models["teacher " + args.teacher_arch] = build_teacher(args, num_classes).to(device)
+        evaluate_models({**models, args.arch: model}, valid_loader, device, args.rank)
         return
-    if args.distributed:
-        trainable = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
-                                                        else None)
-    elif device.type == "cuda" and torch.cuda.device_count() > 1 and args.gpu is None:
-        trainable = nn.DataParallel(model)
-    else:
-        trainable = model
+    trainable = wrap_for_training(model, device, args.distributed, args.gpu)
     criterion = nn.CrossEntropyLoss()
 
-    def step(images, target):
+    def step(batch):
+        images, target = precision.to_device(batch[0]), batch[1].to(device, non_blocking=True)
         output = trainable(images)
-        loss = criterion(output, target)
-        return loss, output, {"ce": loss.item()}
+        loss = criterion(output.float(), target)
+        top1 = accuracy(output.detach(), target, topk=(1,))[0] / images.shape[0] * 100
+        return loss, {"ce": loss.item(), "train_top1": top1}, images.shape[0]
 
-    fit(args=args, device=device, student=model, step=step, trainable=trainable, optimizer=optimizer,
-        scheduler=scheduler, train_set=train_set, valid_loader=valid_loader, extra_state=dict,
-        start_epoch=start_epoch, best_acc1=best)
+    fit(args=args, device=device, precision=precision, student=model, step=step, trainable=trainable,
+        optimizer=optimizer, scheduler=scheduler, train_set=train_set, valid_loader=valid_loader, extra_state=dict,
+        log=RunLog(args.output_dir, args.rank, args.tensorboard), start_epoch=start_epoch, best_acc1=best)
 
 
 def main(argv=None) -> None:
     args = finish_args(get_parser().parse_args(argv), tag=None)
+    if args.teacher_resume:
+        teacher_arch(args)
     check_args(args)
     launch(worker, args)
 

@@ -1,8 +1,9 @@
 """Library quick start on GENERATED data (random images, random labels): shows the API, not accuracy.
 
 A torchvision ResNet-50-style teacher (one bottleneck per stage) distils a ResNet-18-style student
-(one basic block per stage) with MGD-AMP + KD: one matching update before training, a few SGD steps with
-the loss parts printed, and a second matching update. Runs in seconds on a CPU.
+(one basic block per stage) with MGD-AMP + KD through the one contract every mgd method keeps: the
+matching is solved when the method asks for it (before epoch 0 and every second epoch here), and each
+step adds the method's normalised loss terms to the cross-entropy. Runs in seconds on a CPU.
 """
 import logging
 import time
@@ -22,28 +23,27 @@ def main() -> None:
     labels = torch.randint(0, 10, (64,))
     loader = [(images[i:i + 16], labels[i:i + 16]) for i in range(0, 64, 16)]
 
-    distiller = mgd.MGDistiller(teacher, student, reducer="amp", with_kd=True)
+    # loss_factor: the original's 1e4 is for 224 px; pick it so the distill term starts near the task loss
+    distiller = mgd.build_distiller("mgd", teacher, student, reducer="amp", with_kd=True, update_freq=2,
+                                    loss_factor=1e4)
     optimizer = torch.optim.SGD(distiller.get_learnable_parameters(), lr=0.01, momentum=0.9)
-    loss_factor = 1e4  # the original's value at 224 px; pick it so the distill term starts near the task loss
-    mgd.mgd_update(loader, distiller)
     start = time.time()
-    for step in range(12):
-        x, y = loader[step % len(loader)]
+    for epoch in range(3):
+        if distiller.prepare_due(epoch):
+            distiller.prepare(loader, epoch=epoch)  # MGD: the channel matching
         distiller.train()
-        logits, (loss_distill, loss_kd) = distiller(x)
-        ce = torch.nn.functional.cross_entropy(logits, y)
-        distill = loss_distill / x.shape[0] / loss_factor
-        loss = ce + loss_kd + distill
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        if step % 3 == 0:
-            print(f"step {step:2d}  cross-entropy {ce.item():.3f}  kd {loss_kd.item():.3f}  "
-                  f"distill {distill.item():.3f}")
-        if step == 5:
-            mgd.mgd_update(loader, distiller)  # the periodic re-matching (every N epochs in real training)
-    print(f"done in {time.time() - start:.1f} s; matching updated {int(distiller.num_updates)} times; "
+        for x, y in loader:
+            logits, losses = distiller.forward_train(x, y)
+            ce = torch.nn.functional.cross_entropy(logits, y)
+            loss = distiller.task_weight * ce + sum(losses.values())
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        print(f"epoch {epoch}  cross-entropy {ce.item():.3f}  " +
+              "  ".join(f"{k} {v.item():.4f}" for k, v in losses.items()))
+    print(f"done in {time.time() - start:.1f} s; matching solved {int(distiller.num_updates)} times; "
           f"stage-3 guided indices (first 8): {distiller.guided_inds[3][:8].tolist()}")
+    distiller.close()  # hooks off: the two networks are as they were
     print("This run used generated data. For real data see the README (classification, detection, MoCo).")
 
 

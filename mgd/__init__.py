@@ -1,19 +1,27 @@
-"""mgd: Matching Guided Distillation (Yue, Deng, Zhou, ECCV 2020) for PyTorch.
+"""mgd: Matching Guided Distillation (Yue, Deng, Zhou, ECCV 2020) and the feature-distillation family
+around it, for PyTorch.
 
-Quick start::
+Every method keeps one contract (:mod:`mgd.base`)::
 
     import mgd
-    distiller = mgd.MGDistiller(torchvision.models.resnet50(), torchvision.models.mobilenet_v2())
-    mgd.mgd_update(train_loader, distiller)          # before training and every few epochs
-    logits, loss_distill = distiller(images)
+    d = mgd.build_distiller("mgd", teacher, student)      # or "ofd", "kd", "at", "sp", "nd", "sm"
+    d.prepare(train_loader)                               # MGD: the channel matching; when d.prepare_due(epoch)
+    logits, losses = d.forward_train(images, target)
+    loss = d.task_weight * criterion(logits, target) + sum(losses.values())
+
+The original code's call works verbatim too (``mgd.builder.MGDistiller``, ``mgd_update``). The
+application support shared by the training scripts (launch, logs, resume, loaders, AMP) is
+:mod:`mgd.engine`, which ``import mgd`` does not import.
 """
-from . import builder, features, margin, matching, reducers, runner, sampler  # noqa: F401
+from . import builder, features, margin, matching, reducers, sampler  # noqa: F401
+from .base import Distiller, TrainableDistiller
 from .builder import MGDistiller, SMDistiller
+from .distillers import DISTILLERS, build_distiller
 from .features import StageSpec
 from .margin import distillation_loss, get_margin_from_BN
 from .matching import match_channels
 from .update import mgd_update
 
-__all__ = ["MGDistiller", "SMDistiller", "StageSpec", "mgd_update", "match_channels", "get_margin_from_BN",
-           "distillation_loss"]
-__version__ = "0.1.0"
+__all__ = ["build_distiller", "DISTILLERS", "Distiller", "TrainableDistiller", "MGDistiller", "SMDistiller",
+           "StageSpec", "mgd_update", "match_channels", "get_margin_from_BN", "distillation_loss"]
+__version__ = "0.2.0"

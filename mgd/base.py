@@ -1,38 +1,206 @@
-"""What every distiller of mgd shares: a frozen teacher kept in eval mode, and its own state apart from
-the two networks' weights (what a checkpoint needs beside the student)."""
+"""The one contract every distiller of mgd keeps, whatever its method (MGD, OFD, KD, AT, SP, KD++, ...).
+
+::
+
+    d = mgd.build_distiller(name, teacher, student, **options)   # every option has a default
+    d.prepare(loader)                          # what the method derives from data (MGD: the matching)
+    logits, losses = d.forward_train(images, target)
+    loss = d.task_weight * task_loss + sum(losses.values())
+    d.get_learnable_parameters(); d.own_state_dict(); d.load_own_state_dict(state); d.close()
+
+``losses`` are weighted and normalised scalar terms (per image, divided by any loss factor), computed and
+summed in float32 whatever the autocast dtype: a summed partial L2 overflows float16, and bfloat16 keeps
+about three significant digits. A training script therefore never needs to know which method it runs: it
+asks :meth:`Distiller.prepare_due` before each epoch, calls :meth:`Distiller.prepare` when it says so,
+adds the terms, and checkpoints :meth:`Distiller.own_state_dict` beside the student.
+"""
 from __future__ import annotations
 
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+import torch
 from torch import nn
 
-__all__ = ["DistillerBase", "check_networks"]
+from .features import StageSpec, make_feature_source
+from .losses.precision import float32_region
+
+__all__ = ["Distiller", "TrainableDistiller", "check_networks", "float32_region", "Layers"]
+
+Layers = Optional[Sequence[Union[str, StageSpec]]]
 
 
-def check_networks(t_net, s_net) -> None:
+def check_networks(t_net: Any, s_net: Any) -> None:
     for name, net in (("t_net", t_net), ("s_net", s_net)):
         if not isinstance(net, nn.Module):
             raise TypeError(f"{name} must be an nn.Module, got {type(net).__name__}")
 
 
-class DistillerBase(nn.Module):
-    """Subclasses set ``t_net``, ``s_net`` and ``teacher_train_mode``."""
+class Distiller(nn.Module):
+    """Base of every distiller: a frozen teacher in eval mode, a trainable student, optional stage features.
 
+    Subclasses implement :meth:`losses` (and, when the method derives something from data, :meth:`prepare`,
+    :meth:`prepare_due` and :meth:`prepared_state`). Class attributes:
+
+    * ``task_weight``: how much of the task loss (cross-entropy) the method keeps (KD: 1 - alpha);
+    * ``needs_features``: whether :meth:`forward_train` captures stage features (hooks) or only logits;
+    * ``prepare_name``: what :meth:`prepare` derives, for logs ("matching", "class_means").
+
+    Args:
+        t_net, s_net: teacher and student. The teacher receives no gradient and stays in eval mode (unless
+            ``teacher_train_mode``, OFD's option).
+        teacher_layers, student_layers, teacher_bns: stage positions (see :mod:`mgd.features`); None uses
+            the original protocol or the built-in torchvision positions.
+        own_networks: register the networks as submodules (default). False when they belong to a larger
+            model (e.g. a detector holding both): the distiller's state then holds only its own tensors.
+    """
+
+    task_weight: float = 1.0
+    needs_features: bool = True
+    prepare_name: str = "prepare"
     _NETWORK_PREFIXES = ("t_net.", "s_net.")
-    teacher_train_mode = False
 
-    def train(self, mode: bool = True) -> "DistillerBase":
+    def __init__(self, t_net: nn.Module, s_net: nn.Module, *, teacher_layers: Layers = None,
+                 student_layers: Layers = None, teacher_bns: Optional[Sequence[str]] = None,
+                 teacher_train_mode: bool = False, own_networks: bool = True) -> None:
+        super().__init__()
+        check_networks(t_net, s_net)
+        if own_networks:
+            self.t_net, self.s_net = t_net, s_net
+        else:  # plain attributes: not submodules, not in state_dict()
+            self.__dict__["t_net"], self.__dict__["s_net"] = t_net, s_net
+        self.teacher_train_mode = bool(teacher_train_mode)
+        t_net.requires_grad_(False)
+        self._sources: List[Any] = []
+        if self.needs_features:
+            self._t_src = self._source(t_net, teacher_layers, teacher_bns, "teacher")
+            self._s_src = self._source(s_net, student_layers, None, "student")
+
+    # ------------------------------------------------------------------------------------------ set-up
+    def _source(self, net: nn.Module, layers: Layers, bns: Optional[Sequence[str]], role: str):
+        """A feature source on ``net`` that :meth:`close` will remove."""
+        source = make_feature_source(net, layers, bns, role)
+        self._sources.append(source)
+        return source
+
+    def _stage_channels(self, teacher_channels: Optional[Sequence[int]] = None,
+                        student_channels: Optional[Sequence[int]] = None,
+                        example_input: Optional[torch.Tensor] = None) -> Tuple[List[int], List[int]]:
+        """Channel counts per stage: given, read off the named modules, or read off one forward of
+        ``example_input``; ValueError when the two networks have different stage counts."""
+        t_ch = list(teacher_channels) if teacher_channels is not None else self._t_src.channels()
+        s_ch = list(student_channels) if student_channels is not None else self._s_src.channels()
+        if None in t_ch or None in s_ch:
+            if example_input is None:
+                raise ValueError("cannot read the channel count of some stage layers off the modules; give "
+                                 "teacher_channels=[...] / student_channels=[...] or example_input=<a small input batch>")
+            with torch.no_grad():
+                was = (self.t_net.training, self.s_net.training)
+                self.t_net.eval(), self.s_net.eval()
+                t_feats, _ = self._t_src(self.t_net, example_input)
+                s_feats, _ = self._s_src(self.s_net, example_input)
+                self.t_net.train(was[0]), self.s_net.train(was[1])
+            t_ch = [c if c is not None else f.shape[1] for c, f in zip(t_ch, t_feats)]
+            s_ch = [c if c is not None else f.shape[1] for c, f in zip(s_ch, s_feats)]
+        if len(t_ch) != len(s_ch):
+            raise ValueError(f"the teacher has {len(t_ch)} stages but the student has {len(s_ch)}; give the same "
+                             "number of teacher and student layers")
+        return [int(c) for c in t_ch], [int(c) for c in s_ch]
+
+    # ------------------------------------------------------------------------------------------ modes, state
+    def train(self, mode: bool = True) -> "Distiller":
         super().train(mode)
-        if not self.teacher_train_mode:
-            self.t_net.train(False)  # frozen BN statistics, no dropout: the teacher is a fixed target
+        self.s_net.train(mode)  # also when the distiller does not own it
+        self.t_net.train(mode and self.teacher_train_mode)  # frozen statistics, no dropout: a fixed target
         return self
 
-    def own_state_dict(self) -> dict:
-        """The distiller's state without the teacher's and the student's weights."""
+    def own_state_dict(self) -> Dict[str, torch.Tensor]:
+        """The distiller's state without the teacher's and the student's weights (connectors, norm layers,
+        matching, class means...): what a checkpoint needs beside the student."""
         return {k: v for k, v in self.state_dict().items() if not k.startswith(self._NETWORK_PREFIXES)}
 
-    def load_own_state_dict(self, state: dict) -> None:
+    def load_own_state_dict(self, state: Dict[str, torch.Tensor]) -> None:
         """Inverse of :meth:`own_state_dict`; every non-network key must be present."""
         result = self.load_state_dict(state, strict=False)
         missing = [k for k in result.missing_keys if not k.startswith(self._NETWORK_PREFIXES)]
         if missing or result.unexpected_keys:
             raise RuntimeError(f"distiller state does not fit this distiller: missing {missing}, "
                                f"unexpected {result.unexpected_keys}")
+
+    def get_learnable_parameters(self) -> List[nn.Parameter]:
+        """What the optimizer trains: the student's parameters and the distiller's own (norm layers,
+        connectors, projections); never the teacher's."""
+        params = list(self.s_net.parameters())
+        seen = {id(p) for p in params} | {id(p) for p in self.t_net.parameters()}
+        return params + [p for p in self.parameters() if id(p) not in seen]
+
+    def close(self) -> None:
+        """Remove every hook this distiller installed and restore the in-place flags it switched off, so
+        the two networks are exactly as they were before it was built (a notebook, a sweep)."""
+        for source in self._sources:
+            source.close()
+        self._sources = []
+
+    # ------------------------------------------------------------------------------------------ data
+    def prepare_due(self, epoch: int) -> bool:
+        """True when :meth:`prepare` should run before ``epoch`` (0-based). Default: never."""
+        return False
+
+    def prepare(self, loader: Iterable, epoch: Optional[int] = None) -> None:
+        """Derive what the method needs from data (``loader`` yields images or (images, targets), each
+        process its own shard). Default: nothing."""
+
+    def prepared_state(self) -> List[torch.Tensor]:
+        """The tensors :meth:`prepare` derived, which every process must hold identically afterwards."""
+        return []
+
+    def prepare_summary(self) -> Dict[str, Any]:
+        """A few numbers about the last :meth:`prepare`, for the run log."""
+        return {}
+
+    # ------------------------------------------------------------------------------------------ training
+    def run_networks(self, images: torch.Tensor) -> Tuple[Any, Any, Any, Any]:
+        """(teacher features, teacher output, student features, student output); the teacher without
+        gradients. Features are None when the method needs none."""
+        if self.needs_features:
+            with torch.no_grad():
+                t_feats, t_out = self._t_src(self.t_net, images, True)
+            s_feats, s_out = self._s_src(self.s_net, images, True)
+            return t_feats, t_out, s_feats, s_out
+        with torch.no_grad():
+            t_out = self.t_net(images)
+        return None, t_out, None, self.s_net(images)
+
+    def forward_train(self, images: torch.Tensor, target: Optional[torch.Tensor] = None
+                      ) -> Tuple[Any, Dict[str, torch.Tensor]]:
+        """(student output, {term name: weighted, normalised float32 scalar}) for one training batch."""
+        t_feats, t_out, s_feats, s_out = self.run_networks(images)
+        with float32_region(images.device):
+            losses = self.losses(s_feats, t_feats, s_out, t_out, target)
+        return s_out, losses
+
+    def forward(self, images: torch.Tensor, target: Optional[torch.Tensor] = None):
+        return self.forward_train(images, target)
+
+    def losses(self, s_feats, t_feats, s_out, t_out, target) -> Dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+
+class TrainableDistiller(nn.Module):
+    """Holds only the trainable parts of a distiller (its children except the teacher: the student and the
+    norm layers, connectors or projections); its forward is the distiller's :meth:`~Distiller.forward_train`.
+    Wrap *this* in DistributedDataParallel: the trainable parts' gradients are synchronised while the frozen
+    teacher is neither wrapped, broadcast nor checked for unused parameters."""
+
+    def __init__(self, distiller: Distiller) -> None:
+        super().__init__()
+        for name, child in distiller.named_children():
+            if child is not distiller.t_net:
+                self.add_module(name, child)
+        self._distiller = [distiller]  # a list: not registered as a submodule
+
+    @property
+    def distiller(self) -> Distiller:
+        return self._distiller[0]
+
+    def forward(self, *args, **kwargs):
+        return self.distiller.forward_train(*args, **kwargs)

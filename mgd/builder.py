@@ -1,58 +1,71 @@
 """MGDistiller: teacher + student + matching state in one nn.Module (MGD, Yue et al., ECCV 2020).
 
 The distiller owns the pieces the method needs and nothing an application owns (no loop, no optimizer):
-feature sources for both networks (:mod:`mgd.features`), OFD margins from the teacher's BNs
-(:mod:`mgd.margin`), one trainable norm layer per student stage, the guided indices of the current
-matching and the running cost statistics (:mod:`mgd.matching`), and the channel reducer
-(:mod:`mgd.reducers`). Only the student is deployed; the norm layers are discarded after training.
+feature sources for both networks (:mod:`mgd.features`), OFD margins from the teacher's BNs and the
+partial L2 (:mod:`mgd.margin`, shared with OFD through :mod:`mgd.feature_distiller`), one trainable norm
+layer per student stage, the guided indices of the current matching and the running cost statistics
+(:mod:`mgd.matching`), and the channel reducer (:mod:`mgd.reducers`). Only the student is deployed; the
+norm layers are discarded after training.
+
+Two ways to call it, the same computation:
+
+* the one contract of every mgd distiller (:mod:`mgd.base`): ``d.prepare(loader)`` solves the matching when
+  ``d.prepare_due(epoch)`` says so (every ``update_freq`` epochs, or before the epochs in ``update_epochs``),
+  and ``d.forward_train(images)`` returns ``(logits, {"distill": ..., "kd": ...})`` with the distillation
+  term already divided by the batch size and ``loss_factor``;
+* the original code's call, verbatim: ``mgd_update(loader, d)`` and ``d(images)`` returning
+  ``(logits, loss_distill)`` or ``(logits, [loss_distill, loss_kd])``, the distillation loss summed over
+  elements (the application divides it).
 """
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
 from . import distributed as mdist
-from .base import DistillerBase, check_networks
-from .features import StageSpec, builtin_ignore_inds, make_feature_source, unwrap
+from .base import TrainableDistiller, float32_region
+from .feature_distiller import PartialL2Distiller, halving_stage_weights
+from .features import StageSpec, builtin_ignore_inds
 from .losses import kd_loss
-from .margin import distillation_loss, get_margin_from_BN, margin_from_bn, partial_l2, relu_floor
-from .matching import CostTracker
+from .margin import distillation_loss, get_margin_from_BN, margin_target, partial_l2
+from .matching import SOLVERS, CostTracker
 from .reducers import get_reducer
 
 __all__ = ["MGDistiller", "SMDistiller", "TrainableDistiller", "get_margin_from_BN", "distillation_loss", "mgd_update",
-           "DETECTION_LOSS_FACTORS"]
+           "DETECTION_LOSS_FACTORS", "stage_loss"]
 
 logger = logging.getLogger("mgd")
 
 #: The original RetinaNet per-level divisors for [C2, C3, C4, C5, P3, P4, P5, P6, P7] (0 = not distilled).
 DETECTION_LOSS_FACTORS = [f * 5e7 for f in (1, 1, 1e-1, 1e-1, 1, 1, 1e-2, 0, 0)]
 
+#: The original's tracking pass stopped after about this many images ("break for ImageNet-1K").
+DEFAULT_UPDATE_IMAGES = 20000
 
-def _default_stage_weights(num_stages: int, det: bool) -> List[float]:
-    """Classification: 1 / 2^(n-i-1), deeper stages weigh more. Detection: 1 / the original's factors."""
-    if det:
-        factors = DETECTION_LOSS_FACTORS[:num_stages] + [DETECTION_LOSS_FACTORS[-1]] * (
-            num_stages - len(DETECTION_LOSS_FACTORS))
-        return [0.0 if f == 0 else 1.0 / f for f in factors]
-    return [1.0 / 2 ** (num_stages - i - 1) for i in range(num_stages)]
+
+def _detection_stage_weights(num_stages: int) -> List[float]:
+    """1 / the original's RetinaNet factors, level by level (0 where the original did not distil)."""
+    factors = DETECTION_LOSS_FACTORS[:num_stages] + [DETECTION_LOSS_FACTORS[-1]] * (
+        num_stages - len(DETECTION_LOSS_FACTORS))
+    return [0.0 if f == 0 else 1.0 / f for f in factors]
 
 
 def stage_loss(norm: nn.Module, student: torch.Tensor, teacher: torch.Tensor, margin: torch.Tensor,
                guided_inds: torch.Tensor, num_student: int, reducer: Callable) -> torch.Tensor:
-    """One stage of MGD's loss: partial L2 (OFD Eq. 4) between norm(student) and the teacher reduced to
-    the student's channels along the matching; the teacher side carries no gradient."""
-    s = norm(student)
+    """One stage of MGD's loss in float32: partial L2 (OFD Eq. 4) between norm(student) and the teacher
+    reduced to the student's channels along the matching (MGD Sec. 3.3); the teacher side carries no
+    gradient. Call it with autocast off (the norm layer then runs in float32 on a float32 copy)."""
+    s = norm(student.float())
     with torch.no_grad():
         t, m = reducer(teacher, margin, guided_inds, num_student)
-        target = torch.maximum(t, m.view(1, -1, 1, 1).to(t.dtype), out=t)  # reducers return fresh tensors
-        floor = relu_floor(target)
+        target, floor = margin_target(t, m, inplace=True)  # reducers return fresh tensors
     return partial_l2(s, target, floor)
 
 
-class MGDistiller(DistillerBase):
+class MGDistiller(PartialL2Distiller):
     """Matching Guided Distillation between a teacher and a student network.
 
     The original call works unchanged for models implementing ``extract_feature(x, preReLU)``,
@@ -65,7 +78,7 @@ class MGDistiller(DistillerBase):
             ShuffleNetV2, whose first stage has another resolution than a ResNet teacher's), else none.
         reducer: "amp" (absolute max pooling), "sp" (max pooling), "rd" (random drop) or "sm" (sparse matching).
         sync_bn: SyncBatchNorm for the student-side norm layers when training is distributed.
-        with_kd: also return Hinton's KD loss on the logits (temperature ``kd_temperature``).
+        with_kd: also Hinton's KD loss on the logits (temperature ``kd_temperature``).
         preReLU: distill pre-ReLU features (the method); False applies a ReLU to both sides.
         distributed: kept for the original API; the process group is detected automatically.
         det: detection mode: the student returns a loss dict; GroupNorm(32) student side unless sync_bn;
@@ -82,7 +95,16 @@ class MGDistiller(DistillerBase):
         own_networks: register t_net and s_net as submodules (default, the original's layout). False when
             the networks already belong to a larger model (e.g. a detector holding both): the distiller's
             state_dict then holds only its own state and the owner moves the networks between devices.
+        loss_factor: :meth:`forward_train` divides the summed distillation loss by the batch size and this
+            factor (1e4, the original's value at 224 px; the right value depends on the input size).
+        update_freq: :meth:`prepare_due` asks for a new matching before every ``update_freq``-th epoch
+            (the original's ``--mgd-update-freq``, 2).
+        update_epochs: instead, the epochs (0-based) before which to re-solve, e.g. the log-spaced list of
+            the original's unsupervised code; the matching is always solved before the first epoch.
+        update_images: images tracked per :meth:`prepare`, over all processes (the original: about 20000).
     """
+
+    prepare_name = "matching"
 
     def __init__(self, t_net: nn.Module, s_net: nn.Module, ignore_inds: Optional[Sequence[int]] = None,
                  reducer: str = "amp", sync_bn: bool = False, with_kd: bool = False, preReLU: bool = True,
@@ -98,37 +120,37 @@ class MGDistiller(DistillerBase):
                  student_norm: Optional[Callable[[int], nn.Module]] = None,
                  kd_temperature: float = 1.5,
                  teacher_train_mode: bool = False,
-                 own_networks: bool = True) -> None:
-        super().__init__()
-        check_networks(t_net, s_net)
-        from .matching import SOLVERS
+                 own_networks: bool = True,
+                 loss_factor: float = 1e4,
+                 update_freq: int = 2,
+                 update_epochs: Optional[Sequence[int]] = None,
+                 update_images: Optional[int] = DEFAULT_UPDATE_IMAGES) -> None:
         if solver not in SOLVERS:
             raise ValueError(f"unknown solver {solver!r}; valid solvers: {', '.join(SOLVERS)}")
         self.reducer_name = reducer
         self.reducer = get_reducer(reducer)
-        if own_networks:
-            self.t_net = t_net
-            self.s_net = s_net
-        else:  # plain attributes: not submodules, not in state_dict()
-            self.__dict__["t_net"] = t_net
-            self.__dict__["s_net"] = s_net
+        if kd_temperature <= 0:
+            raise ValueError(f"kd_temperature must be positive, got {kd_temperature}")
+        if int(update_freq) != update_freq or update_freq <= 0:
+            raise ValueError(f"update_freq must be a positive number of epochs, got {update_freq!r}")
+        if update_images is not None and (int(update_images) != update_images or update_images <= 0):
+            raise ValueError(f"update_images must be a positive count or None (all), got {update_images!r}")
+        self.det = bool(det)
+        super().__init__(t_net, s_net, teacher_layers=teacher_layers, student_layers=student_layers,
+                         teacher_bns=teacher_bns, teacher_train_mode=teacher_train_mode, own_networks=own_networks,
+                         loss_factor=loss_factor, stage_weights=stage_weights, teacher_channels=teacher_channels,
+                         student_channels=student_channels, example_input=example_input)
         self.sync_bn = bool(sync_bn)
         self.with_kd = bool(with_kd)
         self.preReLU = bool(preReLU)
         self.distributed = bool(distributed)
-        self.det = bool(det)
         self.solver = solver
         self.T = float(kd_temperature)
-        self.teacher_train_mode = bool(teacher_train_mode)
+        self.update_freq = int(update_freq)
+        self.update_epochs = None if update_epochs is None else sorted({int(e) for e in update_epochs})
+        self.update_images = None if update_images is None else int(update_images)
 
-        self._t_src = make_feature_source(t_net, teacher_layers, teacher_bns, "teacher")
-        self._s_src = make_feature_source(s_net, student_layers, None, "student")
-        self.t_channels, self.s_channels = self._channels(teacher_channels, student_channels, example_input)
         n = len(self.t_channels)
-        if len(self.s_channels) != n:
-            raise ValueError(f"the teacher has {n} stages but the student has {len(self.s_channels)}; "
-                             "give the same number of teacher and student layers")
-
         if ignore_inds is None:
             ignore_inds = builtin_ignore_inds(s_net) if student_layers is None else []
         bad = [i for i in ignore_inds if not 0 <= int(i) < n]
@@ -145,48 +167,27 @@ class MGDistiller(DistillerBase):
                                  "teacher stages at least as wide as the student's (or ignore this stage)")
         self.groups = [1 if reducer == "sm" else self.t_channels[i] // self.s_channels[i] for i in range(n)]
 
-        weights = list(stage_weights) if stage_weights is not None else _default_stage_weights(n, self.det)
-        if len(weights) != n:
-            raise ValueError(f"stage_weights has {len(weights)} entries for {n} stages")
-        self.stage_weights = [float(w) for w in weights]
-
+        # Ignored stages get no norm layer (an Identity): parameters that never receive a gradient would make
+        # DistributedDataParallel wait for them (the original needed find_unused_parameters=True).
         make_norm = student_norm or self._default_norm()
-        self.BNs = nn.ModuleList([make_norm(c) for c in self.s_channels])
-
-        self._margin_bns = self._t_src.bns()
-        if len(self._margin_bns) != n:
-            raise ValueError(f"the teacher gives {len(self._margin_bns)} margin BNs for {n} stages")
+        self.BNs = nn.ModuleList([make_norm(c) if i in self.stages else nn.Identity()
+                                  for i, c in enumerate(self.s_channels)])
         for i in range(n):
-            self.register_buffer(f"margin{i + 1}", torch.zeros(self.t_channels[i]))
             self.register_buffer(f"guided_inds{i + 1}",
                                  torch.full((self.groups[i] * self.s_channels[i],), -1, dtype=torch.long))
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
-        self.init_margins()
-        # Margins follow the teacher's weights: loading a teacher checkpoint recomputes them.
-        unwrap(t_net).register_load_state_dict_post_hook(lambda module, keys: self.init_margins())
+        #: the epoch before which the last matching was solved through prepare() (-1: none yet)
+        self.register_buffer("prepared_epoch", torch.full((), -1, dtype=torch.long))
+        self._last_reports: list = []
+        self._matched = False
         self.init_flow()
         self.train(self.training)
         self._log_layout()
 
     # ------------------------------------------------------------------------------------------ set-up
-    def _channels(self, teacher_channels, student_channels, example_input):
-        t_ch = list(teacher_channels) if teacher_channels is not None else self._t_src.channels()
-        s_ch = list(student_channels) if student_channels is not None else self._s_src.channels()
-        if None in t_ch or None in s_ch:
-            if example_input is None:
-                raise ValueError(
-                    "cannot read the channel count of some stage layers off the modules; give "
-                    "teacher_channels=[...] / student_channels=[...] or example_input=<a small input batch>"
-                )
-            with torch.no_grad():
-                was = (self.t_net.training, self.s_net.training)
-                self.t_net.eval(); self.s_net.eval()
-                t_feats, _ = self._t_src(self.t_net, example_input)
-                s_feats, _ = self._s_src(self.s_net, example_input)
-                self.t_net.train(was[0]); self.s_net.train(was[1])
-            t_ch = [c if c is not None else f.shape[1] for c, f in zip(t_ch, t_feats)]
-            s_ch = [c if c is not None else f.shape[1] for c, f in zip(s_ch, s_feats)]
-        return [int(c) for c in t_ch], [int(c) for c in s_ch]
+    def default_stage_weights(self, num_stages: int) -> List[float]:
+        """Classification: 1 / 2^(n-i-1), deeper stages weigh more. Detection: 1 / the original's factors."""
+        return _detection_stage_weights(num_stages) if self.det else halving_stage_weights(num_stages)
 
     def _default_norm(self) -> Callable[[int], nn.Module]:
         use_sync = self.sync_bn and (self.distributed or mdist.is_distributed())
@@ -206,24 +207,11 @@ class MGDistiller(DistillerBase):
             logger.info("mgd stage %d: teacher %d -> student %d channels, %s, weight %.3g", i, self.t_channels[i],
                         self.s_channels[i], state, self.stage_weights[i])
 
-    def init_margins(self) -> None:
-        """Recompute the margins from the teacher's current BN weights (call after changing them by hand;
-        ``load_state_dict`` on the teacher or the distiller does it automatically)."""
-        for i, bn in enumerate(self._margin_bns):
-            margin = margin_from_bn(bn)
-            if margin.numel() != self.t_channels[i]:
-                raise ValueError(f"stage {i}: margin BN has {margin.numel()} channels, the feature {self.t_channels[i]}")
-            getattr(self, f"margin{i + 1}").copy_(margin)
-
     def init_flow(self) -> None:
         """Reset the running cost statistics (start of a matching update)."""
         self._tracker = CostTracker(len(self.t_channels))
 
     # ------------------------------------------------------------------------------------------ state
-    @property
-    def margins(self) -> List[torch.Tensor]:
-        return [getattr(self, f"margin{i + 1}") for i in range(len(self.t_channels))]
-
     @property
     def guided_inds(self) -> List[torch.Tensor]:
         """Per stage, the 1-D LongTensor of length g*sc: entry k*sc + j is the k-th teacher channel of student j."""
@@ -243,10 +231,6 @@ class MGDistiller(DistillerBase):
         """Inverse of :meth:`matching_state_dict`; every non-network key must be present."""
         self.load_own_state_dict(state)
 
-    def get_learnable_parameters(self) -> List[nn.Parameter]:
-        """The student's parameters and the student-side norm layers' (what the optimizer must train)."""
-        return list(self.s_net.parameters()) + list(self.BNs.parameters())
-
     def teacher_features(self, forward: Callable[[], Any]) -> Tuple[List[torch.Tensor], Any]:
         """Stage features of the teacher captured while ``forward()`` runs (without gradients), and its
         result; for callers that run the networks themselves (e.g. only a detector's backbone)."""
@@ -265,6 +249,33 @@ class MGDistiller(DistillerBase):
         return source.run(forward, self.preReLU)
 
     # ------------------------------------------------------------------------------------------ matching
+    def prepare_due(self, epoch: int) -> bool:
+        """True before the first epoch trained without a matching, then before every ``update_freq``-th
+        epoch (or the epochs in ``update_epochs``), once per epoch."""
+        if int(self.num_updates) == 0:
+            return True
+        if epoch == int(self.prepared_epoch):
+            return False
+        if self.update_epochs is not None:
+            return epoch in self.update_epochs
+        return epoch % self.update_freq == 0
+
+    def prepare(self, loader: Iterable, epoch: Optional[int] = None) -> None:
+        """Solve a new matching from at most ``update_images`` images of ``loader`` (:func:`mgd_update`)."""
+        from .update import mgd_update as _update
+        _update(loader, self, max_images=self.update_images)
+        if epoch is not None:
+            self.prepared_epoch.fill_(int(epoch))
+
+    def prepared_state(self) -> List[torch.Tensor]:
+        return self.guided_inds
+
+    def prepare_summary(self) -> Dict[str, Any]:
+        summary: Dict[str, Any] = {"num_updates": int(self.num_updates)}
+        for r in self._last_reports:
+            summary[f"stage{r.stage}_matched_cost"] = round(r.mean_cost, 6)
+        return summary
+
     def extract_feature(self, x: torch.Tensor) -> None:
         """Track one batch for the next matching: accumulate the costs of raw student vs teacher features."""
         with torch.no_grad():
@@ -303,6 +314,7 @@ class MGDistiller(DistillerBase):
         for stage, ind in zip(self.stages, inds):
             getattr(self, f"guided_inds{stage + 1}").copy_(ind)
         self.num_updates += 1
+        self._last_reports = reports
         for r in reports:
             logger.info("mgd matching %d, stage %d: cost %dx%d solved in %.3f s, mean matched cost %.4f",
                         int(self.num_updates), r.stage, r.shape[0], r.shape[1], r.seconds, r.mean_cost)
@@ -323,56 +335,58 @@ class MGDistiller(DistillerBase):
                                  f"{tuple(s.shape)} differ in spatial size; add {i} to ignore_inds or capture "
                                  "other layers")
 
+    def _check_matched(self) -> None:
+        if self._matched:  # a Python flag: reading num_updates on a GPU at every step would synchronise
+            return
+        if int(self.num_updates) == 0:
+            raise RuntimeError("no channel matching yet: call mgd_update(loader, distiller) (or "
+                               "distiller.prepare(loader)) before the first forward, and again every few epochs")
+        self._matched = True
+
     def stage_loss(self, i: int, s_feat: torch.Tensor, t_feat: torch.Tensor) -> torch.Tensor:
         """Partial L2 between the normalised student feature and the reduced teacher feature of stage i."""
         return stage_loss(self.BNs[i], s_feat, t_feat, getattr(self, f"margin{i + 1}"),
                           getattr(self, f"guided_inds{i + 1}"), self.s_channels[i], self.reducer)
 
     def distill_loss(self, s_feats: Sequence[torch.Tensor], t_feats: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The weighted sum of the stages' partial L2 (float32, summed over elements, not normalised)."""
+        self._check_matched()
         self._check_features(t_feats, s_feats)
-        loss = s_feats[self.stages[0]].new_zeros(())
-        for i in self.stages:
-            if self.stage_weights[i] != 0:
-                loss = loss + self.stage_loss(i, s_feats[i], t_feats[i]) * self.stage_weights[i]
+        device = s_feats[self.stages[0]].device
+        with float32_region(device):
+            loss = torch.zeros((), device=device)
+            for i in self.stages:
+                if self.stage_weights[i] != 0:
+                    loss = loss + self.stage_loss(i, s_feats[i], t_feats[i]) * self.stage_weights[i]
         return loss
 
-    def forward(self, x: torch.Tensor):
-        """(student output, loss_distill); with_kd: (student output, [loss_distill, loss_kd]);
-        det: the student's loss dict gains 'loss_distill'. The distillation loss is summed over elements:
-        divide it by the batch size and a loss factor in the application."""
-        if int(self.num_updates) == 0:
-            raise RuntimeError("no channel matching yet: call mgd_update(loader, distiller) before the first "
-                               "forward (and again every few epochs)")
+    def run_networks(self, images: torch.Tensor) -> Tuple[Any, Any, Any, Any]:
+        self._check_matched()
         with torch.no_grad():
-            t_feats, t_out = self._t_src(self.t_net, x, self.preReLU)
-        s_feats, s_out = self._s_src(self.s_net, x, self.preReLU)
+            t_feats, t_out = self._t_src(self.t_net, images, self.preReLU)
+        s_feats, s_out = self._s_src(self.s_net, images, self.preReLU)
+        return t_feats, t_out, s_feats, s_out
+
+    def losses(self, s_feats, t_feats, s_out, t_out, target) -> Dict[str, torch.Tensor]:
+        batch = s_feats[self.stages[0]].shape[0]
+        losses = {"distill": self.normalise(self.distill_loss(s_feats, t_feats), batch)}
+        if self.with_kd:
+            losses["kd"] = kd_loss(s_out, t_out, self.T)
+        return losses
+
+    def forward(self, x: torch.Tensor):
+        """The original's return values: (student output, loss_distill); with_kd: (student output,
+        [loss_distill, loss_kd]); det: the student's loss dict gains 'loss_distill'. The distillation loss
+        is summed over elements: divide it by the batch size and a loss factor in the application (or use
+        :meth:`forward_train`, which does)."""
+        t_feats, t_out, s_feats, s_out = self.run_networks(x)
         loss_distill = self.distill_loss(s_feats, t_feats)
         if self.with_kd:
-            return s_out, [loss_distill, kd_loss(s_out, t_out, self.T)]
+            with float32_region(x.device):
+                return s_out, [loss_distill, kd_loss(s_out, t_out, self.T)]
         if self.det:
             s_out["loss_distill"] = loss_distill
         return s_out, loss_distill
-
-
-class TrainableDistiller(nn.Module):
-    """Holds only the trainable parts of a distiller (its children except the teacher: the student and the
-    norm layers, connectors or projections); its forward runs the whole distiller. Wrap *this* in
-    DistributedDataParallel: the trainable parts' gradients are synchronised while the frozen teacher is
-    neither wrapped, broadcast nor checked for unused parameters."""
-
-    def __init__(self, distiller: nn.Module) -> None:
-        super().__init__()
-        for name, child in distiller.named_children():
-            if child is not distiller.t_net:
-                self.add_module(name, child)
-        self._distiller = [distiller]  # a list: not registered as a submodule
-
-    @property
-    def distiller(self) -> nn.Module:
-        return self._distiller[0]
-
-    def forward(self, *args, **kwargs):
-        return self.distiller(*args, **kwargs)
 
 
 class SMDistiller(MGDistiller):

@@ -4,15 +4,24 @@ The teacher's pre-ReLU response of a channel is modelled as x ~ N(beta, gamma^2)
 the BatchNorm that feeds the ReLU. Negative teacher values carry no information after the ReLU, so the
 student is only asked to stay below the expected negative response, the *margin*
 E[x | x < 0] = beta - |gamma| * phi(beta/|gamma|) / Phi(-beta/|gamma|)  (OFD, Eq. 3).
+
+The target is max(teacher, margin) and the partial L2 counts an element when the student is above the
+target or the target is positive (OFD, Eq. 4). Both are written here once, for OFD, MGD and every
+application; the distance is always computed and summed in float32 (a summed partial L2 of one ordinary
+stage overflows float16, and bfloat16 keeps only about three significant digits).
 """
 from __future__ import annotations
 
 import math
+from typing import Tuple
 
 import torch
 from torch import nn
 
-__all__ = ["get_margin_from_BN", "margin_from_bn", "distillation_loss", "partial_l2", "relu_floor", "is_batchnorm"]
+from .losses.precision import float32_region
+
+__all__ = ["get_margin_from_BN", "margin_from_bn", "distillation_loss", "margin_target", "partial_l2", "relu_floor",
+           "is_batchnorm"]
 
 #: Below this probability of a negative response the closed form is numerically meaningless;
 #: OFD then uses -3 standard deviations instead.
@@ -53,18 +62,32 @@ def get_margin_from_BN(bn: nn.Module) -> torch.Tensor:  # noqa: N802 - the origi
     return margin_from_bn(bn)
 
 
+def margin_target(teacher: torch.Tensor, margin: torch.Tensor, inplace: bool = False
+                  ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(target, floor) of OFD Eq. 4 without gradient: ``target = max(teacher, margin)`` in float32 and its
+    :func:`relu_floor`. ``margin`` broadcasts against ``teacher``; a 1-D margin of length C is per channel.
+    ``inplace=True`` lets a float32 ``teacher`` that nobody else uses be overwritten (saves one copy).
+    """
+    with torch.no_grad():
+        if margin.dim() == 1 and teacher.dim() == 4:
+            margin = margin.view(1, -1, 1, 1)
+        teacher = teacher.detach()
+        margin = margin.to(torch.float32)
+        if inplace and teacher.dtype == torch.float32:
+            target = torch.maximum(teacher, margin, out=teacher)
+        else:
+            target = torch.maximum(teacher.float(), margin)
+        return target, relu_floor(target)
+
+
 def distillation_loss(source: torch.Tensor, target: torch.Tensor, margin: torch.Tensor) -> torch.Tensor:
-    """OFD's partial L2 distance (OFD Eq. 4), summed over all elements.
+    """OFD's partial L2 distance (OFD Eq. 4), summed over all elements, in float32.
 
     ``target = max(target, margin)``; an element counts when the student is above the target, or when the
     target is positive (the teacher's response survives its ReLU). ``margin`` broadcasts against
     ``target`` (shape (1, C, 1, 1) or (C, 1, 1)); a 1-D margin of length C is taken per channel.
     """
-    if margin.dim() == 1 and target.dim() == 4:
-        margin = margin.view(1, -1, 1, 1)
-    with torch.no_grad():
-        target = torch.max(target.detach(), margin.to(target.dtype))
-        floor = relu_floor(target)
+    target, floor = margin_target(target, margin)
     return partial_l2(source, target, floor)
 
 
@@ -79,27 +102,31 @@ def relu_floor(target: torch.Tensor) -> torch.Tensor:
 
 
 class _PartialL2(torch.autograd.Function):
-    """sum(max(source - target, floor)^2) with one saved tensor and a one-multiply backward.
+    """sum(max(source - target, floor)^2) in float32, with one saved tensor and a one-multiply backward.
 
     Autograd over the plain expression would keep masks for max and the square and run four
-    elementwise backward kernels; the gradient is simply 2 * max(source - target, floor).
+    elementwise backward kernels; the gradient is simply 2 * max(source - target, floor), returned in the
+    source's dtype (float16 / bfloat16 under autocast).
     """
 
     @staticmethod
     def forward(ctx, source, target, floor):  # type: ignore[override]
-        kept = source - target.to(source.dtype)
-        torch.maximum(kept, floor.to(source.dtype), out=kept)
-        ctx.save_for_backward(kept)
-        flat = kept.reshape(-1)
-        return torch.dot(flat, flat)
+        with float32_region(source.device):
+            kept = source.float() - target.float()
+            torch.maximum(kept, floor.float(), out=kept)
+            ctx.source_dtype = source.dtype
+            ctx.save_for_backward(kept)
+            flat = kept.reshape(-1)
+            return torch.dot(flat, flat)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_output):  # type: ignore[override]
         (kept,) = ctx.saved_tensors
-        return kept * (2 * grad_output), None, None
+        return (kept * (2 * grad_output.float())).to(ctx.source_dtype), None, None
 
 
 def partial_l2(source: torch.Tensor, target: torch.Tensor, floor: torch.Tensor) -> torch.Tensor:
-    """Partial L2 given the (margin-clamped) target and its :func:`relu_floor`; differentiable in source."""
+    """Partial L2 given the (margin-clamped) target and its :func:`relu_floor`; differentiable in source,
+    a float32 scalar whatever the inputs' dtype."""
     return _PartialL2.apply(source, target, floor)

@@ -4,16 +4,20 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .precision import float32_loss
+
 __all__ = ["kd_loss"]
 
 
+@float32_loss
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.5) -> torch.Tensor:
     """Hinton et al. 2015: KL(softmax(t/T) || softmax(s/T)) * T^2, averaged over the batch.
 
     The T^2 factor keeps the gradient magnitude independent of the temperature (Sec. 2 of the paper).
+    Computed in float32 whatever the logits' dtype (autocast).
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
-    return F.kl_div(F.log_softmax(student_logits / temperature, dim=1),
-                    F.softmax(teacher_logits.detach() / temperature, dim=1),
+    return F.kl_div(F.log_softmax(student_logits.float() / temperature, dim=1),
+                    F.softmax(teacher_logits.detach().float() / temperature, dim=1),
                     reduction="batchmean") * temperature ** 2

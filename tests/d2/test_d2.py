@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(ROOT, "d2"))
 
 from detectron2.config import get_cfg  # noqa: E402
@@ -155,14 +155,29 @@ def test_resume_restores_the_matching(trained, dataset):
 
 
 def test_eval_only_on_the_mgd_checkpoint_reports_student_coco_ap(trained):
-    cfg, _, out = trained
+    """--eval-only loads model_final.pth and reports the COCO AP of its student: the same numbers as
+    evaluating the trained model in the process that trained it (score threshold 0, so there are
+    predictions to score and the AP is a number, not NaN)."""
+    cfg, trainer, out = trained
     args = train_net.default_argument_parser().parse_args(
         ["--config-file", CONFIG, "--eval-only", "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", str(out / "model_final.pth"),
          "MODEL.RETINANET.NUM_CLASSES", "2", "DATASETS.TEST", "('mgd_toy_val',)", "INPUT.MIN_SIZE_TEST", "96",
-         "INPUT.MAX_SIZE_TEST", "128", "OUTPUT_DIR", str(out / "eval"), "DATALOADER.NUM_WORKERS", "0"])
+         "INPUT.MAX_SIZE_TEST", "128", "OUTPUT_DIR", str(out / "eval"), "DATALOADER.NUM_WORKERS", "0",
+         "MODEL.RETINANET.SCORE_THRESH_TEST", "0.0"])
     results = train_net.main(args)
-    assert "bbox" in results and "AP" in results["bbox"]
-    assert 0 <= results["bbox"]["AP"] <= 100 or math.isnan(results["bbox"]["AP"])
+    in_process = cfg.clone()
+    in_process.defrost()
+    in_process.MODEL.RETINANET.SCORE_THRESH_TEST = 0.0
+    in_process.OUTPUT_DIR = str(out / "eval_in_process")
+    trained_model = train_net.Trainer.build_model(in_process)
+    trained_model.load_state_dict(trainer.model.state_dict())
+    expected = train_net.Trainer.test(in_process, trained_model)
+    ap = results["bbox"]["AP"]
+    assert math.isfinite(ap) and 0 <= ap <= 100
+    for key in ("AP", "AP50", "AP75"):
+        assert results["bbox"][key] == pytest.approx(expected["bbox"][key], abs=1e-9), key
+    predictions = torch.load(out / "eval" / "inference" / "instances_predictions.pth", weights_only=False)
+    assert len(predictions) == 3 and all(len(p["instances"]) > 0 for p in predictions)
 
 
 def test_updates_do_not_disturb_the_training_stream(dataset, tmp_path):

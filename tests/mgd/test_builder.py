@@ -57,24 +57,74 @@ def test_protocol_and_hooks_give_the_same_matching_and_loss():
     torch.testing.assert_close(hooked(x)[1], proto(x)[1])
 
 
-def test_loss_equals_reference_formula():
-    d = _pair()
+def _reference_reduce(reducer, t, margin, inds, sc, groups):
+    """The reducers written out independently: gather the matched groups, then reduce (MGD Sec. 3.3)."""
+    stacked = torch.stack([t[:, inds[k * sc:(k + 1) * sc]] for k in range(groups)], 2)  # (B, sc, g, H, W)
+    margins = torch.stack([margin[inds[k * sc:(k + 1) * sc]] for k in range(groups)])  # (g, sc)
+    if reducer == "amp":
+        return stacked.gather(2, stacked.abs().argmax(2, keepdim=True)).squeeze(2), margins.mean(0)
+    if reducer == "sp":
+        return stacked.max(2).values, margins.max(0).values
+    if reducer == "rd":  # the same draws as the library: one group member per position, then per channel
+        b, _, _, h, w = stacked.shape
+        pick = torch.randint(groups, (b, 1, sc, h, w)).permute(0, 2, 1, 3, 4)
+        m_pick = torch.randint(groups, (1, sc))
+        return stacked.gather(2, pick).squeeze(2), margins.gather(0, m_pick).squeeze(0)
+    return t[:, inds[:sc]], margin[inds[:sc]]  # sm
+
+
+@pytest.mark.parametrize("reducer", ["amp", "sp", "rd", "sm"])
+def test_loss_equals_reference_formula(reducer):
+    d = _pair(reducer=reducer)
     x = _data()
     mgd_update([x], d)
     d.train()
     t_feats, _ = d._t_src(d.t_net, x)
     s_feats, _ = d._s_src(d.s_net, x)
+    torch.manual_seed(5)
+    _, loss = d(x)
+    torch.manual_seed(5)
     expected = 0.0
     for i in range(4):
-        sc = d.s_channels[i]
-        inds = d.guided_inds[i]
-        t = torch.stack([t_feats[i][:, inds[k * sc:(k + 1) * sc]] for k in range(d.groups[i])], 2)
-        picked = t.gather(2, t.abs().argmax(2, keepdim=True)).squeeze(2)
-        m = torch.stack([d.margins[i][inds[k * sc:(k + 1) * sc]] for k in range(d.groups[i])]).mean(0)
+        picked, m = _reference_reduce(reducer, t_feats[i], d.margins[i], d.guided_inds[i], d.s_channels[i],
+                                      d.groups[i])
         s = d.BNs[i](s_feats[i])
-        expected = expected + mgd.distillation_loss(s, picked.detach(), m.view(1, -1, 1, 1)) / 2 ** (3 - i)
-    _, loss = d(x)
+        target = torch.maximum(picked, m.view(1, -1, 1, 1))
+        counted = (s > target) | (target > 0)  # OFD Eq. 4, written out
+        expected = expected + ((s - target) ** 2 * counted).sum() / 2 ** (3 - i)
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-3)
+    if reducer == "rd":  # other draws give another loss: the draws above are what made them equal
+        assert d(x)[1].item() != pytest.approx(loss.item(), rel=1e-6)
+
+
+def test_forward_train_is_the_original_loss_normalised():
+    d = _pair(with_kd=True, loss_factor=1e3)
+    x = _data()
+    d.prepare([x])
+    d.train()
+    _, (raw, kd) = d(x)
+    logits, losses = d.forward_train(x)
+    assert set(losses) == {"distill", "kd"} and d.task_weight == 1.0
+    assert losses["distill"].item() == pytest.approx(raw.item() / 8 / 1e3, rel=1e-6)
+    assert losses["kd"].item() == pytest.approx(kd.item(), rel=1e-6)
+    assert all(v.dtype == torch.float32 and v.dim() == 0 for v in losses.values())
+
+
+def test_prepare_schedule_follows_update_freq_and_epochs():
+    d = _pair(update_freq=3, update_images=4)
+    assert d.prepare_due(5)  # never matched: due whatever the epoch
+    d.prepare([_data(4, seed=i) for i in range(5)], epoch=5)
+    assert int(d.num_updates) == 1 and int(d.prepared_epoch) == 5 and d.num_tracked_imgs == 0
+    assert [e for e in range(5, 13) if d.prepare_due(e)] == [6, 9, 12]
+    listed = _pair(update_epochs=[1, 2, 6])
+    listed.prepare([_data()], epoch=0)
+    assert [e for e in range(0, 10) if listed.prepare_due(e)] == [1, 2, 6]
+    state = listed.own_state_dict()
+    assert int(state["prepared_epoch"]) == 0
+    for bad in ({"update_freq": 0}, {"update_images": -1}, {"loss_factor": 0}, {"loss_factor": float("nan")},
+                {"kd_temperature": 0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            _pair(**bad)
 
 
 def test_gradients_reach_student_and_norm_layers_not_teacher():
@@ -196,16 +246,20 @@ def test_spatial_mismatch_names_the_stage():
         mgd_update([_data()], d)
 
 
-def test_sparse_matching_and_other_reducers_train():
+def test_sparse_matching_keeps_one_teacher_channel_per_student_channel():
     x = _data()
-    sm = mgd.builder.SMDistiller(randomize_bn(tiny_resnet(True)), tiny_resnet(False))
+    same = _pair(reducer="sm")
+    sm = mgd.builder.SMDistiller(same.t_net, same.s_net)
+    sm.BNs.load_state_dict(same.BNs.state_dict())
     mgd_update([x], sm)
+    mgd_update([x], same)
     assert [g.numel() for g in sm.guided_inds] == [64, 128, 256, 512]
-    assert sm(x)[1].item() > 0
-    for reducer in ("sp", "rd"):
-        d = _pair(reducer=reducer)
-        mgd_update([x], d)
-        assert torch.isfinite(d(x)[1])
+    for inds, ref, tc in zip(sm.guided_inds, same.guided_inds, [256, 512, 1024, 2048]):
+        assert inds.unique().numel() == inds.numel() and int(inds.max()) < tc
+        assert torch.equal(inds, ref)
+    torch.testing.assert_close(sm(x)[1], same(x)[1])  # the reference formula of "sm" is tested above
+    with pytest.raises(ValueError, match="sm"):
+        mgd.builder.SMDistiller(same.t_net, same.s_net, reducer="amp")
 
 
 def test_detection_mode_adds_loss_to_the_student_dict_and_uses_group_norm():
@@ -243,6 +297,10 @@ def test_torchvision_pair_without_arguments():
     mgd_update([x], d)
     out, loss = d(x)
     assert out.shape == (2, 1000) and torch.isfinite(loss)
+    loss.backward()
+    assert isinstance(d.BNs[0], nn.Identity)  # the ignored stage has no norm parameters left without gradient
+    own = [p for p in d.get_learnable_parameters() if not any(p is q for q in d.s_net.parameters())]
+    assert len(own) == 6 and all(p.grad is not None for p in own)
 
 
 def test_sync_bn_when_distributed_and_plain_bn_otherwise():
@@ -286,8 +344,9 @@ def test_trainable_view_holds_student_and_norms_only():
     assert params == {id(p) for p in d.get_learnable_parameters()}
     assert not params & {id(p) for p in d.t_net.parameters()}
     mgd_update([_data()], d)
-    out, loss = view(_data())
-    assert out.shape == (8, 10) and loss.item() > 0
+    out, losses = view(_data())  # the contract: forward_train
+    assert out.shape == (8, 10) and list(losses) == ["distill"]
+    torch.testing.assert_close(losses["distill"], d(_data())[1] / 8 / 1e4)
 
 
 def test_max_images_must_be_a_count():

@@ -1,5 +1,6 @@
 """End-to-end runs of cls/main_base.py and cls/main_mgd.py on a tiny generated ImageFolder."""
 import json
+import math
 import os
 
 import pytest
@@ -155,7 +156,7 @@ def test_linear_evaluation_of_a_pretrained_backbone(image_folder, tmp_path):
     backbone = {k: v for k, v in randomize_bn(build_model(STUDENT, 3)).state_dict().items() if not k.startswith("fc.")}
     torch.save(backbone, tmp_path / "backbone.pth")
     out = tmp_path / "lin"
-    run("main_base.py", *common(image_folder, out), "--pretrained", tmp_path / "backbone.pth", "--linear-eval")
+    run("main_base.py", *common(image_folder, out), "--pretrained-backbone", tmp_path / "backbone.pth", "--linear-eval")
     trained = torch.load(out / "student.pth", weights_only=True)
     for k, v in backbone.items():
         assert torch.equal(trained[k], v), f"{k} changed during linear evaluation"
@@ -178,3 +179,19 @@ def test_every_distiller_trains_one_epoch_and_resumes(method, part, image_folder
     wrong = run("main_mgd.py", *mgd_args(image_folder, out, teacher_weights, epochs=3), "--resume",
                 out / "last.pth", check=False)  # an MGD run cannot resume another method's checkpoint
     assert wrong.returncode == 2 and "not a mgd checkpoint" in wrong.stderr
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_mgd_one_epoch_with_amp(dtype, image_folder, teacher_weights, tmp_path):
+    """--amp on the CPU: autocast for the networks (float16 with a GradScaler), losses in float32."""
+    out = tmp_path / dtype
+    run("main_mgd.py", *mgd_args(image_folder, out, teacher_weights), "--amp", "--amp-dtype", dtype,
+        "--channels-last", "--mgd-with-kd", "1")
+    epochs = [r for r in records(out) if "epoch" in r]
+    assert len(epochs) == 1
+    for key in ("train_distill", "train_kd", "train_ce"):
+        assert math.isfinite(epochs[0][key]) and epochs[0][key] > 0, key
+    ckpt = torch.load(out / "last.pth", weights_only=True)
+    assert ckpt["args"]["amp"] and ckpt["args"]["amp_dtype"] == dtype
+    assert bool(ckpt["scaler"]) == (dtype == "float16")  # the GradScaler's state, for exact resume
+    assert all(torch.isfinite(v).all() for v in ckpt["student"].values() if v.is_floating_point())

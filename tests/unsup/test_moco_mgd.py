@@ -90,30 +90,36 @@ def args_for(data, out, epochs=1):
             "-j", 0, "--seed", 0, "--epochs", epochs, "--mgd-update-images", 16, "--output-dir", out]
 
 
-def test_one_epoch_ddp_two_processes_then_resume(data, tmp_path):
+def test_two_epochs_ddp_two_processes_then_resume(data, tmp_path):
     out = tmp_path / "run"
-    run(*args_for(data, out), "--multiprocessing-distributed", "--dist-backend", "gloo", "--nproc-per-node", 2)
+    run(*args_for(data, out, epochs=2), "--multiprocessing-distributed", "--dist-backend", "gloo",
+        "--nproc-per-node", 2)
     with open(out / "log.jsonl") as f:
         records = [json.loads(line) for line in f]
     matching = [r for r in records if r.get("event") == "matching"]
     epochs = [r for r in records if "epoch" in r]
-    assert [m["after_epoch"] for m in matching] == [0, 1]  # before training, and after epoch 1
+    assert [m["before_epoch"] for m in matching] == [0, 1]  # before training, and after epoch 1 (1-based)
     assert all(m["ranks"] == 2 and m["ranks_agree"] for m in matching)
-    assert len(epochs) == 1 and epochs[0]["loss_contrastive"] > 0 and epochs[0]["loss_distill"] > 0
-    assert math.isfinite(epochs[0]["loss_contrastive"]) and math.isfinite(epochs[0]["loss_distill"])
+    assert [m["num_updates"] for m in matching] == [1, 2]
+    assert len(epochs) == 2 and all(e["loss_contrastive"] > 0 and e["loss_distill"] > 0 for e in epochs)
+    assert all(math.isfinite(e["loss_contrastive"]) and math.isfinite(e["loss_distill"]) for e in epochs)
+    assert 0 <= epochs[0]["instance_top1"] <= 100
     ckpt = torch.load(out / "checkpoint_last.pth.tar", weights_only=True)
-    assert ckpt["epoch"] == 1 and int(ckpt["distiller"]["num_updates"]) == 2
+    assert ckpt["epoch"] == 2 and int(ckpt["distiller"]["num_updates"]) == 2
+    assert int(ckpt["distiller"]["prepared_epoch"]) == 1
     assert {"encoder_q.conv1.weight", "encoder_k.conv1.weight", "queue", "queue_ptr"} <= set(ckpt["state_dict"])
     backbone = torch.load(out / "student_backbone.pth", weights_only=True)
     torchvision.models.resnet18().load_state_dict(backbone, strict=False)
     assert not any(k.startswith("fc.") for k in backbone)
-    run(*args_for(data, out, epochs=2), "--resume", out / "checkpoint_last.pth.tar",
-        "--mgd-update-epochs", 5)
+    run(*args_for(data, out, epochs=3), "--resume", out / "checkpoint_last.pth.tar", "--mgd-update-epochs", 5,
+        "--amp")
     with open(out / "log.jsonl") as f:
         records = [json.loads(line) for line in f]
-    assert [r["epoch"] for r in records if "epoch" in r] == [0, 1]
-    assert len([r for r in records if r.get("event") == "matching"]) == 2  # resumed: no new update needed
-    assert torch.load(out / "checkpoint_last.pth.tar", weights_only=True)["epoch"] == 2
+    assert [r["epoch"] for r in records if "epoch" in r] == [0, 1, 2]
+    assert len([r for r in records if r.get("event") == "matching"]) == 2  # resumed: no new update due
+    last = torch.load(out / "checkpoint_last.pth.tar", weights_only=True)
+    assert last["epoch"] == 3 and last["args"]["amp"]
+    assert math.isfinite([r for r in records if "epoch" in r][-1]["loss_distill"])
 
 
 def test_teacher_with_the_wrong_layout_is_one_line_and_exit_2(data, tmp_path):

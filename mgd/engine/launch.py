@@ -2,9 +2,9 @@
 command-line convention that a user error is one line on stderr and exit code 2.
 
 Shared by cls/, unsup/ and any script built on mgd, so that no application imports another. ``launch`` and
-``setup_process`` read these fields of an argparse namespace: ``multiprocessing_distributed``,
-``nproc_per_node``, ``world_size``, ``rank``, ``dist_url`` ("auto" picks env:// under torchrun or a free
-local port), ``dist_backend``, ``gpu``, ``seed``, ``deterministic``.
+``setup_process`` read these fields of an argparse namespace (see :func:`mgd.engine.args.add_launch_arguments`):
+``multiprocessing_distributed``, ``nproc_per_node``, ``world_size``, ``rank``, ``dist_url`` ("auto" picks
+env:// under torchrun or a free local port), ``dist_backend``, ``gpu``, ``seed``, ``deterministic``.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from . import distributed as mdist
+from .. import distributed as mdist
 
 __all__ = ["UserError", "run_cli", "launch", "worker_guard", "setup_process", "setup_logging", "seed_everything"]
 

@@ -1,0 +1,166 @@
+"""What main_base.py and main_mgd.py share: building the networks, the worker's set-up, and the epoch loop,
+flat and explicit as in torchvision's references (``train_one_epoch``, ``evaluate``, a ``fit`` loop).
+
+Exact resume: when ``--seed`` is given, everything random in epoch e (the data order, augmentations, the
+rd reducer) is seeded from (seed, e) at the start of the epoch, so an interrupted run resumed from its
+last checkpoint computes the same epochs as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import time
+from typing import Any, Callable, Dict, Optional
+
+import torch
+from torch import nn
+
+from mgd.checkpoint import atomic_save
+from mgd.engine import (Precision, RunLog, UserError, epoch_loader, eval_loader, load_checkpoint, plain_args,
+                        save_checkpoints, seed_everything, setup_process, start_output_dir, train_one_epoch)
+
+from . import data as cdata
+from .models import build_model, cached_weights_path, default_teacher, load_cached_pretrained
+from .utils import evaluate, load_weights
+
+logger = logging.getLogger("cls")
+
+#: step((images, target)) -> (loss to back-propagate, {name: float} parts, batch size)
+StepFn = Callable[[Any], Any]
+
+
+def check_arch(*names: str) -> None:
+    """UserError listing the valid names for an unknown architecture (cheap, before any worker starts)."""
+    for name in names:
+        try:
+            build_model(name, 2)
+        except ValueError as exc:
+            raise UserError(str(exc)) from exc
+
+
+def teacher_arch(args: argparse.Namespace) -> str:
+    """--teacher-arch, or the original's teacher for the student."""
+    if args.teacher_arch is None:
+        args.teacher_arch = default_teacher(args.arch)
+        if args.teacher_arch is None:
+            raise UserError(f"no default teacher for {args.arch}; give --teacher-arch")
+    return args.teacher_arch
+
+
+def build_student(args: argparse.Namespace, num_classes: int) -> nn.Module:
+    """The student/plain model, initialised from --student-resume or cached ImageNet weights if asked."""
+    model = build_model(args.arch, num_classes)
+    if args.student_resume:
+        load_weights(model, args.student_resume, "--student-resume", num_classes)
+    elif args.use_pretrained:
+        if not load_cached_pretrained(args.arch, model):
+            where = cached_weights_path(args.arch)
+            raise UserError(f"--use-pretrained/--pretrained: no cached ImageNet weights for {args.arch}"
+                            + (f" (expected {where})" if where else "") + "; pass --student-resume PATH instead")
+    return model
+
+
+def build_teacher(args: argparse.Namespace, num_classes: int) -> nn.Module:
+    """The teacher from --teacher-resume, or torchvision's ImageNet weights if cached (never downloaded)."""
+    teacher = build_model(teacher_arch(args), num_classes)
+    if args.teacher_resume:
+        load_weights(teacher, args.teacher_resume, "--teacher-resume", num_classes)
+    elif not (num_classes == 1000 and load_cached_pretrained(args.teacher_arch, teacher)):
+        where = cached_weights_path(args.teacher_arch)
+        hint = f" or put torchvision's weights at {where}" if where and num_classes == 1000 else ""
+        raise UserError(f"no teacher weights: pass --teacher-resume PATH (train one with cls/main_base.py){hint}")
+    return teacher
+
+
+def start_worker(local_rank: int, args: argparse.Namespace):
+    """Process set-up shared by the scripts: (device, precision, (train set, valid loader, prepare set,
+    num classes)); the prepare set is the training images through the validation transforms."""
+    device = setup_process(local_rank, args)
+    if not args.evaluate:
+        start_output_dir(args.output_dir, bool(args.resume), args.rank)
+    train_set, valid_set, prepare_set, num_classes = cdata.build_datasets(args)
+    args.per_process_batch = max(1, args.batch_size // args.world_size)
+    if len(train_set) < args.world_size:
+        raise UserError(f"the training set ({len(train_set)} images) has fewer images than processes")
+    valid_loader = eval_loader(valid_set, args.per_process_batch, args.workers, args.rank, args.world_size,
+                               device.type == "cuda")
+    precision = Precision(args.amp, args.amp_dtype, device, args.channels_last)
+    return device, precision, (train_set, valid_loader, prepare_set, num_classes)
+
+
+def evaluate_models(models: Dict[str, nn.Module], valid_loader, device: torch.device, rank: int) -> None:
+    """--evaluate: top-1/top-5 and loss of each model, one line each (rank 0)."""
+    for name, model in models.items():
+        stats = evaluate(model, valid_loader, device)
+        if rank == 0:
+            print(f"{name}: top-1 {stats['top1']:.2f}  top-5 {stats['top5']:.2f}  loss {stats['loss']:.4f}")
+
+
+def fit(*, args: argparse.Namespace, device: torch.device, precision: Precision, student: nn.Module,
+        step: StepFn, trainable: nn.Module, optimizer, scheduler, train_set, valid_loader,
+        extra_state: Callable[[], Dict[str, Any]], log: RunLog,
+        before_epoch: Optional[Callable[[int], Dict[str, Any]]] = None,
+        start_epoch: int = 0, best_acc1: float = 0.0) -> float:
+    """Epoch loop: ``before_epoch`` (the distiller's prepare step), train, step the LR, evaluate,
+    checkpoint, log. ``trainable`` is what gets train mode (the DDP-wrapped module); ``extra_state()`` adds
+    to checkpoints (e.g. the distiller's state). Returns the best top-1."""
+    for epoch in range(start_epoch, args.epochs):
+        start = time.time()
+        if args.seed is not None:
+            seed_everything(args.seed * 1000 + epoch)
+        before = before_epoch(epoch) if before_epoch is not None else {}
+        lr = optimizer.param_groups[0]["lr"]
+        trainable.train()
+        loader = epoch_loader(train_set, args.per_process_batch, args.workers, epoch, args.seed or 0, args.rank,
+                              args.world_size, device.type == "cuda")
+        train_stats = train_one_epoch(step, loader, optimizer, precision, epoch, device, args.rank == 0,
+                                      args.print_freq)
+        scheduler.step()
+        val = evaluate(student, valid_loader, device)
+        record: Dict[str, Any] = {"epoch": epoch, "lr": lr, **{k if k.startswith("train_") else f"train_{k}": v
+                                                               for k, v in train_stats.items()},
+                                  "top1": val["top1"], "top5": val["top5"], "val_loss": val["loss"], **before}
+        is_best = val["top1"] > best_acc1
+        best_acc1 = max(best_acc1, val["top1"])
+        record["best_top1"] = best_acc1
+        record["seconds"] = round(time.time() - start, 1)
+        if args.rank == 0:
+            state = {"epoch": epoch + 1, "arch": args.arch, "student": student.state_dict(),
+                     "optimizer": optimizer.state_dict(), "lr_scheduler": scheduler.state_dict(),
+                     "scaler": precision.state_dict(), "best_acc1": best_acc1, "args": plain_args(args),
+                     **extra_state()}
+            save_checkpoints(state, args.output_dir, ["last.pth"] + (["best.pth"] if is_best else []))
+            atomic_save(student.state_dict(), os.path.join(args.output_dir, "student.pth"))
+        parts = "  ".join(f"{k} {v:.4f}" for k, v in train_stats.items() if k != "train_top1")
+        logger.info("epoch %d/%d  %s  train top-1 %.2f  val top-1 %.2f top-5 %.2f  lr %.4g  %.0f s",
+                    epoch, args.epochs - 1, parts, train_stats.get("train_top1", 0.0), val["top1"], val["top5"],
+                    lr, record["seconds"])
+        log.write(record)
+    log.close()
+    return best_acc1
+
+
+def resume(args: argparse.Namespace, student: nn.Module, optimizer, scheduler, precision: Precision,
+           check: Optional[Callable[[Dict[str, Any]], None]] = None) -> tuple:
+    """Restore a --resume checkpoint of these scripts: (start epoch, best top-1, the checkpoint); without
+    --resume, (--start-epoch, 0, {}). ``check(ckpt)`` raises UserError when it belongs to another run."""
+    if not args.resume:
+        return args.start_epoch, 0.0, {}
+    ckpt = load_checkpoint(args.resume, ("student", "epoch", "optimizer", "lr_scheduler", "best_acc1"))
+    if ckpt.get("arch") != args.arch:
+        raise UserError(f"--resume: {args.resume} is a checkpoint for {ckpt.get('arch')}, not {args.arch}")
+    if check is not None:
+        check(ckpt)
+    student.load_state_dict(ckpt["student"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["lr_scheduler"])
+    precision.load_state_dict(ckpt.get("scaler", {}))
+    logger.info("resumed from %s at epoch %d", args.resume, int(ckpt["epoch"]))
+    return int(ckpt["epoch"]), float(ckpt["best_acc1"]), ckpt
+
+
+def make_optimizer(params, args: argparse.Namespace) -> torch.optim.Optimizer:
+    """SGD with the script's momentum, weight decay and Nesterov setting (Nesterov needs momentum)."""
+    return torch.optim.SGD(params, args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
+                           nesterov=bool(args.nesterov) and args.momentum > 0)

@@ -1,0 +1,87 @@
+"""Command-line flags that every training script of mgd shares, with the meanings torchvision's
+references and the original MGD scripts give them."""
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["add_launch_arguments", "add_precision_arguments", "distiller_options_from_args", "positive_int",
+           "positive_float", "non_negative_int", "non_negative_float"]
+
+
+def _number(kind, test, what):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not test(value):
+            raise argparse.ArgumentTypeError(f"{text!r} must be {what}")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
+
+
+positive_int = _number(int, lambda v: v > 0, "a positive integer")
+non_negative_int = _number(int, lambda v: v >= 0, "an integer >= 0")
+positive_float = _number(float, lambda v: v > 0 and v != float("inf"), "a positive number")
+non_negative_float = _number(float, lambda v: 0 <= v < float("inf"), "a number >= 0")
+
+
+def add_launch_arguments(p: argparse.ArgumentParser) -> None:
+    """Processes, devices and seeds (read by :func:`mgd.engine.launch.launch` and ``setup_process``)."""
+    p.add_argument("--world-size", default=-1, type=int, help="number of nodes (with --multiprocessing-distributed) "
+                   "or processes")
+    p.add_argument("--rank", default=-1, type=int, help="node rank (with --multiprocessing-distributed) or rank")
+    p.add_argument("--dist-url", default="auto", help="init method; 'auto': env:// under torchrun, else a free "
+                   "local TCP port")
+    p.add_argument("--dist-backend", default=None, help="nccl with CUDA, gloo otherwise")
+    p.add_argument("--seed", default=None, type=int, help="seed: makes runs (and resumed runs) repeatable")
+    p.add_argument("--gpu", default=None, type=int, help="GPU id to use (single process)")
+    p.add_argument("--multiprocessing-distributed", action="store_true",
+                   help="spawn --nproc-per-node processes on this node and train with DDP")
+    p.add_argument("--nproc-per-node", default=None, type=positive_int,
+                   help="processes per node (default: the GPU count, or 1)")
+    p.add_argument("--deterministic", action="store_true", help="deterministic algorithms (slower)")
+
+
+def add_precision_arguments(p: argparse.ArgumentParser) -> None:
+    """Mixed precision and memory layout, as torchvision's references name them."""
+    p.add_argument("--amp", action="store_true", help="mixed precision: autocast for the networks' forward (the "
+                   "distillation losses stay float32), GradScaler with float16")
+    p.add_argument("--amp-dtype", default=None, choices=["float16", "bfloat16"],
+                   help="autocast dtype with --amp (default: float16 on CUDA, bfloat16 on the CPU)")
+    p.add_argument("--channels-last", action="store_true", help="channels-last memory format for the networks "
+                   "and the input batches")
+
+
+#: Flag prefixes per distiller, beyond its own name: KD++ reads the KD flags, sparse matching MGD's.
+_FLAG_PREFIXES = {"nd": ("nd", "kd"), "sm": ("mgd",)}
+#: Options several methods share, read from the flag of the same name (``--loss-factor``, ``--sync-bn``) or
+#: set by the launcher (``distributed``).
+_SHARED_OPTIONS = ("loss_factor", "sync_bn", "distributed")
+
+
+def distiller_options_from_args(name: str, args: argparse.Namespace, **given) -> dict:
+    """Options for ``mgd.build_distiller(name, ...)`` from command-line flags, with no per-method code.
+
+    For each option the method accepts (:func:`mgd.distillers.distiller_options`): the flag
+    ``--<prefix>-<option>`` for each of the method's flag prefixes (its name; KD++ also ``kd``), then
+    ``--<option>`` when the option's own name starts with such a prefix (``--nd-weight``) or is shared
+    (``--loss-factor``, ``--sync-bn``). Flags left at None fall back to the method's (paper's) default.
+    ``given`` (e.g. stage positions) is passed to the methods that accept it.
+    """
+    from ..distillers import distiller_options
+
+    accepted = distiller_options(name)
+    prefixes = _FLAG_PREFIXES.get(name, (name,))
+    options = {k: v for k, v in given.items() if k in accepted}
+    for option in sorted(accepted - set(options)):
+        candidates = [f"{p}_{option}" for p in prefixes]
+        if option in _SHARED_OPTIONS or option.startswith(tuple(f"{p}_" for p in prefixes)):
+            candidates.append(option)
+        for flag in candidates:
+            value = getattr(args, flag, None)
+            if value is not None:
+                options[option] = value
+                break
+    return options

@@ -1,0 +1,94 @@
+"""Run logs of the training scripts: a JSON-lines file, optional TensorBoard scalars, metric averages
+that are exact across processes."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any, Dict, Optional
+
+import torch
+
+from .. import distributed as mdist
+from .launch import UserError
+
+__all__ = ["RunLog", "Meter", "start_output_dir"]
+
+
+def start_output_dir(output_dir: str, resume: bool, rank: int) -> None:
+    """Create the output folder; a fresh (not resumed) run moves an earlier run's log.jsonl aside
+    (log.<time>.jsonl) so that one log never mixes two runs, while a resumed run appends to its log."""
+    if rank != 0:
+        return
+    os.makedirs(output_dir, exist_ok=True)
+    path = os.path.join(output_dir, "log.jsonl")
+    if not resume and os.path.isfile(path):
+        os.replace(path, os.path.join(output_dir, f"log.{time.strftime('%Y%m%d-%H%M%S')}.jsonl"))
+
+
+class RunLog:
+    """A JSON-lines file (one record per epoch and per event such as a matching update) and optional
+    TensorBoard scalars, written by rank 0 only. ``step_key`` names the record field used as the
+    TensorBoard step (records without it go to the file only)."""
+
+    def __init__(self, output_dir: str, rank: int, tensorboard: bool = False, step_key: str = "epoch") -> None:
+        self.active = rank == 0
+        self.path = os.path.join(output_dir, "log.jsonl")
+        self.step_key = step_key
+        self.writer = None
+        if self.active:
+            os.makedirs(output_dir, exist_ok=True)
+            if tensorboard:
+                try:
+                    from torch.utils.tensorboard import SummaryWriter
+                except ImportError as exc:
+                    raise UserError("--tensorboard needs the tensorboard package (pip install tensorboard)") from exc
+                self.writer = SummaryWriter(os.path.join(output_dir, "tb"))
+
+    def write(self, record: Dict[str, Any], scalars_prefix: Optional[str] = None) -> None:
+        """Append ``record`` (plain JSON types) with the time; numbers become TensorBoard scalars when the
+        record has the step key (or at the given step for events, under ``scalars_prefix/``)."""
+        if not self.active:
+            return
+        record = {"time": round(time.time(), 3), **record}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        step = record.get(self.step_key)
+        if self.writer is not None and isinstance(step, int):
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in (self.step_key, "time"):
+                    self.writer.add_scalar(f"{scalars_prefix}/{k}" if scalars_prefix else k, v, step)
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+class Meter:
+    """Sums of named values weighted by sample counts; all-reduced across processes on demand."""
+
+    def __init__(self) -> None:
+        self.sums: Dict[str, float] = {}
+        self.count = 0
+
+    def update(self, n: int, **values: float) -> None:
+        """Add ``n`` samples whose mean value of each name is given."""
+        self.count += n
+        for k, v in values.items():
+            self.sums[k] = self.sums.get(k, 0.0) + float(v) * n
+
+    def add_counts(self, n: int, **counts: float) -> None:
+        """Add ``n`` samples whose summed value of each name is given."""
+        self.count += n
+        for k, v in counts.items():
+            self.sums[k] = self.sums.get(k, 0.0) + float(v)
+
+    def averages(self, device: torch.device) -> Dict[str, float]:
+        """Per-sample averages over every process (the same names must be on every rank)."""
+        keys = sorted(self.sums)
+        t = torch.tensor([self.sums[k] for k in keys] + [self.count], dtype=torch.float64, device=device)
+        mdist.all_reduce_sum(t)
+        count = max(t[-1].item(), 1.0)
+        return {k: t[i].item() / count for i, k in enumerate(keys)}

@@ -1,0 +1,104 @@
+"""The parts of a training loop every application shares: one epoch of steps, the distiller's prepare
+step (MGD's matching, KD++'s class means) with the check that all processes agree, and how a model is
+wrapped for DistributedDataParallel or DataParallel.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any, Callable, Dict, Iterable, Tuple
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from .. import distributed as mdist
+from ..base import Distiller, TrainableDistiller
+from .logs import Meter, RunLog
+from .precision import Precision
+
+__all__ = ["train_one_epoch", "prepare_if_due", "wrap_for_training", "DistillerStep", "mean_terms"]
+
+logger = logging.getLogger("mgd.engine")
+
+#: step(batch) -> (loss to back-propagate, {name: float} parts to average, number of samples)
+StepFn = Callable[[Any], Tuple[torch.Tensor, Dict[str, float], int]]
+
+
+def train_one_epoch(step: StepFn, loader: Iterable, optimizer: torch.optim.Optimizer, precision: Precision,
+                    epoch: int, device: torch.device, show_progress: bool = True, print_freq: int = 10
+                    ) -> Dict[str, float]:
+    """One pass of ``step`` over ``loader`` with (mixed-precision) updates; returns the parts averaged
+    over all processes. A non-finite loss stops the run with a message that says what to change."""
+    meter = Meter()
+    bar = tqdm(loader, desc=f"epoch {epoch}", disable=not show_progress, leave=False, dynamic_ncols=True,
+               mininterval=1.0, miniters=print_freq)
+    for batch in bar:
+        with precision.autocast():
+            loss, parts, count = step(batch)
+        value = loss.item()
+        if not math.isfinite(value):
+            terms = ", ".join(f"{k} {v:.4g}" for k, v in parts.items())
+            raise RuntimeError(f"loss is {value} at epoch {epoch} ({terms}): lower --lr, or raise --loss-factor "
+                               "if the distillation term is the one that diverged")
+        precision.backward_step(loss, optimizer)
+        meter.update(count, loss=value, **parts)
+        bar.set_postfix(loss=f"{value:.3f}", refresh=False)
+    return meter.averages(device)
+
+
+def mean_terms(losses: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """DataParallel gathers one value per replica: their mean (a no-op for scalars)."""
+    return {k: v.mean() for k, v in losses.items()}
+
+
+def prepare_if_due(distiller: Distiller, epoch: int, make_loader: Callable[[int], Iterable], log: RunLog
+                   ) -> Dict[str, Any]:
+    """Run ``distiller.prepare`` before ``epoch`` when the method asks for it, check that every process
+    holds the same result, and log it. Returns what to add to the epoch's record ({} when nothing ran)."""
+    if not distiller.prepare_due(epoch):
+        return {}
+    start = time.time()
+    distiller.prepare(make_loader(epoch), epoch=epoch)
+    agree = mdist.same_on_all_ranks(distiller.prepared_state()) if distiller.prepared_state() else True
+    if not agree:
+        raise RuntimeError(f"the processes disagree on the distiller's {distiller.prepare_name} after prepare")
+    seconds = round(time.time() - start, 1)
+    summary = distiller.prepare_summary()
+    log.write({"event": distiller.prepare_name, "before_epoch": epoch, "ranks": mdist.get_world_size(),
+               "ranks_agree": agree, "seconds": seconds, **summary})
+    logger.info("%s before epoch %d in %.1f s on %d process(es)", distiller.prepare_name, epoch, seconds,
+                mdist.get_world_size())
+    return {f"{distiller.prepare_name}_seconds": seconds}
+
+
+class DistillerStep(nn.Module):
+    """A module whose forward is ``distiller.forward_train``, holding the whole distiller (teacher
+    included) as a submodule: what DataParallel replicates, each replica running its own copies."""
+
+    def __init__(self, distiller: Distiller) -> None:
+        super().__init__()
+        self.distiller = distiller
+
+    def forward(self, *args, **kwargs):
+        return self.distiller.forward_train(*args, **kwargs)
+
+
+def wrap_for_training(module: nn.Module, device: torch.device, distributed: bool, gpu: Any = None,
+                      data_parallel: bool = True) -> nn.Module:
+    """What the training step calls: DistributedDataParallel when distributed (for a distiller, around
+    its trainable parts only: the frozen teacher is not wrapped), DataParallel over every visible GPU when
+    there are several, no single GPU was asked for and ``data_parallel`` allows it, else the module itself.
+    A distiller is called through ``forward_train`` in every case."""
+    use_dp = data_parallel and device.type == "cuda" and torch.cuda.device_count() > 1 and gpu is None
+    if isinstance(module, Distiller):
+        if not distributed and use_dp:
+            return nn.DataParallel(DistillerStep(module))
+        module = TrainableDistiller(module)
+        if not distributed:
+            return module
+    if distributed:
+        return nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda"
+                                                   else None)
+    return nn.DataParallel(module) if use_dp else module

@@ -1,0 +1,100 @@
+"""What OFD and MGD share: stage features compared with OFD's partial L2 above the teacher's margins.
+
+Both distil pre-ReLU stage features (OFD, Heo et al., ICCV 2019, Sec. 3; MGD, Yue et al., ECCV 2020,
+Sec. 3.1): the target of stage i is max(T_i, margin_i) with the margins computed from the BatchNorm that
+feeds the teacher's ReLU (OFD Eq. 3), the distance is the partial L2 (OFD Eq. 4), stage i of n weighs
+1 / 2^(n-i-1) (deeper stages more, as in both papers' code), and the summed loss is divided by the batch
+size and a loss factor (1e4 in both codes at 224 px; 1e3 in OFD's CIFAR code). The two differ only in how
+the student's feature reaches the teacher's width: OFD learns a connector, MGD matches and reduces.
+This module holds what they share, once: the margin buffers that follow the teacher's weights, the
+stage weights and the normalisation.
+"""
+from __future__ import annotations
+
+import math
+import weakref
+from typing import List, Optional, Sequence
+
+import torch
+from torch import nn
+
+from .base import Distiller
+from .features import unwrap
+from .margin import margin_from_bn
+
+__all__ = ["PartialL2Distiller", "halving_stage_weights"]
+
+
+def halving_stage_weights(num_stages: int) -> List[float]:
+    """1 / 2^(n-i-1) for stage i of n: the last stage weighs 1, each earlier one half the next."""
+    return [1.0 / 2 ** (num_stages - i - 1) for i in range(num_stages)]
+
+
+def _recompute_margins(distiller_ref: "weakref.ReferenceType", module: nn.Module, keys) -> None:
+    distiller = distiller_ref()
+    if distiller is not None:
+        distiller.init_margins()
+
+
+class PartialL2Distiller(Distiller):
+    """Base of OFD and MGD: stage channels, margins (buffers ``margin1..n``), stage weights, normalisation.
+
+    Args (beyond :class:`~mgd.base.Distiller`'s):
+        loss_factor: the summed loss is divided by the batch size and this factor (``normalise``).
+        stage_weights: per-stage weights (default :func:`halving_stage_weights`).
+        teacher_channels, student_channels, example_input: where channel counts cannot be read off the
+            named modules (see :meth:`~mgd.base.Distiller._stage_channels`).
+    """
+
+    def __init__(self, t_net: nn.Module, s_net: nn.Module, *, loss_factor: float = 1e4,
+                 stage_weights: Optional[Sequence[float]] = None,
+                 teacher_channels: Optional[Sequence[int]] = None,
+                 student_channels: Optional[Sequence[int]] = None,
+                 example_input: Optional[torch.Tensor] = None, **kwargs) -> None:
+        super().__init__(t_net, s_net, **kwargs)
+        if not (isinstance(loss_factor, (int, float)) and math.isfinite(loss_factor) and loss_factor > 0):
+            raise ValueError(f"loss_factor must be a positive number, got {loss_factor!r}")
+        self.loss_factor = float(loss_factor)
+        self.t_channels, self.s_channels = self._stage_channels(teacher_channels, student_channels, example_input)
+        n = len(self.t_channels)
+        weights = list(stage_weights) if stage_weights is not None else self.default_stage_weights(n)
+        if len(weights) != n:
+            raise ValueError(f"stage_weights has {len(weights)} entries for {n} stages")
+        self.stage_weights = [float(w) for w in weights]
+        self._margin_bns = self._t_src.bns()
+        if len(self._margin_bns) != n:
+            raise ValueError(f"the teacher gives {len(self._margin_bns)} margin BNs for {n} stages")
+        for i in range(n):
+            self.register_buffer(f"margin{i + 1}", torch.zeros(self.t_channels[i]))
+        self.init_margins()
+        # Margins follow the teacher's weights: loading a teacher checkpoint recomputes them. (A weak
+        # reference: the hook must not keep a dropped distiller alive; close() removes it.)
+        self._margin_hook = unwrap(t_net).register_load_state_dict_post_hook(
+            lambda module, keys, ref=weakref.ref(self): _recompute_margins(ref, module, keys))
+
+    def default_stage_weights(self, num_stages: int) -> List[float]:
+        return halving_stage_weights(num_stages)
+
+    def init_margins(self) -> None:
+        """Recompute the margins from the teacher's current BN weights (call after changing them by hand;
+        ``load_state_dict`` on the teacher or the distiller does it automatically)."""
+        for i, bn in enumerate(self._margin_bns):
+            margin = margin_from_bn(bn)
+            if margin.numel() != self.t_channels[i]:
+                raise ValueError(f"stage {i}: margin BN has {margin.numel()} channels, the feature "
+                                 f"{self.t_channels[i]}")
+            getattr(self, f"margin{i + 1}").copy_(margin)
+
+    @property
+    def margins(self) -> List[torch.Tensor]:
+        return [getattr(self, f"margin{i + 1}") for i in range(len(self.t_channels))]
+
+    def normalise(self, total: torch.Tensor, batch_size: int) -> torch.Tensor:
+        """The summed stage loss per image and divided by the loss factor: the term added to the task loss."""
+        return total / batch_size / self.loss_factor
+
+    def close(self) -> None:
+        super().close()
+        if self._margin_hook is not None:
+            self._margin_hook.remove()
+            self._margin_hook = None

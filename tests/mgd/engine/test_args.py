@@ -1,0 +1,41 @@
+"""mgd.engine.args: method options from flags with no per-method code; number checks."""
+import argparse
+
+import pytest
+
+from mgd.engine.args import distiller_options_from_args, positive_float, positive_int
+
+
+def flags(**values):
+    base = dict(loss_factor=None, sync_bn=0, distributed=True, mgd_reducer=None, mgd_update_freq=2,
+                mgd_update_images=None, mgd_with_kd=1, mgd_solver=None, kd_alpha=0.5, kd_temperature=None,
+                at_beta=None, sp_gamma=2.0, nd_weight=3.0, ofd_teacher_train_mode=None, seed=7, rank=0)
+    base.update(values)
+    return argparse.Namespace(**base)
+
+
+def test_each_method_reads_its_own_flags_and_the_shared_ones():
+    args = flags(loss_factor=1e3, mgd_reducer="sp")
+    assert distiller_options_from_args("mgd", args) == {
+        "loss_factor": 1e3, "sync_bn": 0, "distributed": True, "reducer": "sp", "update_freq": 2, "with_kd": 1}
+    assert distiller_options_from_args("kd", args) == {"alpha": 0.5}  # seed / rank are no options of KD
+    assert distiller_options_from_args("nd", args) == {"alpha": 0.5, "nd_weight": 3.0}  # KD++ reads KD's flags
+    assert distiller_options_from_args("sp", args) == {"gamma": 2.0}
+    assert distiller_options_from_args("ofd", args) == {"loss_factor": 1e3}
+    assert distiller_options_from_args("sm", flags()) == {"sync_bn": 0, "distributed": True, "update_freq": 2,
+                                                          "with_kd": 1}
+
+
+def test_given_options_go_only_to_methods_that_take_them():
+    layers = ["layer1", "layer2"]
+    assert distiller_options_from_args("at", flags(), teacher_layers=layers, num_classes=3) == {
+        "teacher_layers": layers}
+    assert distiller_options_from_args("nd", flags(), num_classes=3)["num_classes"] == 3
+
+
+def test_number_types_reject_what_makes_no_sense():
+    assert positive_int("3") == 3 and positive_float("1e4") == 1e4
+    for parse, text in ((positive_int, "0"), (positive_int, "-2"), (positive_float, "-1"), (positive_float, "inf"),
+                        (positive_float, "x")):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse(text)

@@ -1,0 +1,98 @@
+"""mgd.engine: one training epoch, the prepare step, mixed precision state, run logs, the wrappers."""
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import mgd
+from mgd.base import TrainableDistiller
+from mgd.engine import Meter, Precision, RunLog, prepare_if_due, train_one_epoch, wrap_for_training
+
+from tiny_models import randomize_bn, tiny_resnet
+
+
+def test_train_one_epoch_averages_parts_and_stops_on_a_non_finite_loss():
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    precision = Precision(False, None, torch.device("cpu"))
+    batches = [torch.ones(2, 3), torch.ones(4, 3)]
+
+    def step(x):
+        loss = model(x).pow(2).mean()
+        return loss, {"size": float(x.shape[0])}, x.shape[0]
+    stats = train_one_epoch(step, batches, optimizer, precision, 0, torch.device("cpu"), show_progress=False)
+    assert stats["size"] == pytest.approx((2 * 2 + 4 * 4) / 6)  # weighted by the batch sizes
+    assert model.weight.grad is not None
+
+    def diverging(x):
+        return torch.tensor(float("nan"), requires_grad=True), {"distill": math.inf}, 1
+    with pytest.raises(RuntimeError, match="loss is nan at epoch 4.*distill inf.*--lr"):
+        train_one_epoch(diverging, batches, optimizer, precision, 4, torch.device("cpu"), show_progress=False)
+
+
+def test_precision_scaler_only_with_float16_and_its_state_round_trips():
+    cpu = torch.device("cpu")
+    assert not Precision(True, None, cpu).scaler.is_enabled()  # bfloat16 on the CPU: no scaler needed
+    assert Precision(True, None, cpu).dtype == torch.bfloat16
+    fp16 = Precision(True, "float16", cpu)
+    assert fp16.scaler.is_enabled() and fp16.describe() == "autocast float16 with GradScaler"
+    fp16.scaler.scale(torch.tensor(1.0))  # the scale exists once used
+    fp16.scaler.update(1024.0)
+    other = Precision(True, "float16", cpu)
+    other.load_state_dict(fp16.state_dict())
+    assert other.scaler.get_scale() == 1024.0
+    with pytest.raises(ValueError, match="float16, bfloat16"):
+        Precision(True, "float8", cpu)
+    with Precision(True, "bfloat16", cpu).autocast():
+        assert torch.nn.functional.linear(torch.ones(1, 2), torch.ones(2, 2)).dtype == torch.bfloat16
+    x = Precision(False, None, cpu, channels_last=True).to_device(torch.zeros(2, 3, 4, 4))
+    assert x.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_prepare_step_runs_when_due_checks_agreement_and_logs(tmp_path):
+    torch.manual_seed(0)
+    d = mgd.build_distiller("mgd", randomize_bn(tiny_resnet(True)), tiny_resnet(False), update_freq=2)
+    log = RunLog(str(tmp_path), rank=0)
+    batches = [torch.randn(4, 3, 32, 32)]
+    calls = []
+
+    def loader(epoch):
+        calls.append(epoch)
+        return batches
+    for epoch in range(4):
+        prepare_if_due(d, epoch, loader, log)
+    assert calls == [0, 2] and int(d.num_updates) == 2
+    records = [json.loads(line) for line in open(tmp_path / "log.jsonl")]
+    assert [r["before_epoch"] for r in records] == [0, 2]
+    assert all(r["event"] == "matching" and r["ranks_agree"] and r["ranks"] == 1 for r in records)
+    assert {"num_updates", "stage3_matched_cost"} <= set(records[-1])
+    kd = mgd.build_distiller("kd", d.t_net, d.s_net)
+    assert prepare_if_due(kd, 0, loader, log) == {} and calls == [0, 2]  # KD derives nothing from data
+
+
+def test_run_log_writes_json_lines_and_meter_weights_by_count(tmp_path):
+    log = RunLog(str(tmp_path), rank=0)
+    log.write({"epoch": 0, "top1": 50.0})
+    RunLog(str(tmp_path), rank=1).write({"epoch": 0, "top1": 1.0})  # other ranks write nothing
+    lines = [json.loads(line) for line in open(tmp_path / "log.jsonl")]
+    assert len(lines) == 1 and lines[0]["top1"] == 50.0 and "time" in lines[0]
+    meter = Meter()
+    meter.update(2, loss=1.0)
+    meter.add_counts(2, loss=6.0)
+    assert meter.averages(torch.device("cpu")) == {"loss": 2.0}
+
+
+def test_wrappers_call_forward_train_and_hold_no_teacher():
+    torch.manual_seed(0)
+    d = mgd.build_distiller("kd", randomize_bn(tiny_resnet(True)), tiny_resnet(False))
+    wrapped = wrap_for_training(d, torch.device("cpu"), distributed=False)
+    assert isinstance(wrapped, TrainableDistiller)
+    assert not {id(p) for p in wrapped.parameters()} & {id(p) for p in d.t_net.parameters()}
+    x = torch.randn(2, 3, 32, 32)
+    logits, losses = wrapped(x)
+    assert logits.shape == (2, 10) and set(losses) == {"kd"}
+    plain = nn.Linear(2, 2)
+    assert wrap_for_training(plain, torch.device("cpu"), distributed=False) is plain

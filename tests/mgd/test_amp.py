@@ -1,0 +1,101 @@
+"""Mixed precision: every distillation loss is computed and summed in float32 whatever the autocast dtype,
+and its gradient reaches the student in the student's dtype (CPU autocast, float16 and bfloat16)."""
+import pytest
+import torch
+
+import mgd
+from mgd.distillers import build_distiller
+from mgd.margin import distillation_loss
+
+from tiny_models import randomize_bn, tiny_resnet
+
+DTYPES = [torch.float16, torch.bfloat16]
+
+
+def prepared(name):
+    torch.manual_seed(0)
+    d = build_distiller(name, randomize_bn(tiny_resnet(True, 4)), randomize_bn(tiny_resnet(False, 4), seed=1))
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.randn(4, 3, 32, 32, generator=gen), torch.arange(4)
+    if d.prepare_due(0):
+        d.prepare([(x, y)])
+    return d.train(), x, y
+
+
+def cast(value, dtype, grad=False):
+    if isinstance(value, torch.Tensor) and value.is_floating_point():
+        return value.detach().to(dtype).requires_grad_(grad)
+    if isinstance(value, (list, tuple)):
+        return [cast(v, dtype, grad) for v in value]
+    return value  # None (no features)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("name", sorted(mgd.DISTILLERS))
+def test_every_loss_in_float32_on_the_same_half_precision_input(name, dtype, monkeypatch):
+    """forward_train under autocast, handed what autocast makes of the networks' outputs (float16 / bfloat16
+    tensors), gives the float32 computation on the same values: finite and within 1 % (in fact 1e-4)."""
+    d, x, y = prepared(name)
+    with torch.no_grad():
+        outputs = d.run_networks(x)  # (teacher feats, teacher out, student feats, student out)
+    half = [cast(v, dtype, grad=i >= 2) for i, v in enumerate(outputs)]  # the student's carry gradients
+    exact = [cast(v, torch.float32, grad=i >= 2) for i, v in enumerate(half)]  # the same values, in float32
+    monkeypatch.setattr(d, "run_networks", lambda images: exact)
+    torch.manual_seed(4)
+    _, reference = d.forward_train(x, y)
+    monkeypatch.setattr(d, "run_networks", lambda images: half)
+    torch.manual_seed(4)
+    with torch.autocast("cpu", dtype=dtype):
+        _, losses = d.forward_train(x, y)
+    assert set(losses) == set(reference)
+    for k, v in losses.items():
+        assert v.dtype == torch.float32 and torch.isfinite(v), (k, v)
+        assert v.item() == pytest.approx(reference[k].item(), rel=1e-2), k
+        assert v.item() == pytest.approx(reference[k].item(), rel=1e-4), k
+    sum(losses.values()).backward()
+    student = (half[2] or []) + [half[3]]  # features (None for logit methods) and output
+    grads = [t.grad for t in student if t.grad is not None]
+    assert grads and all(g.dtype == dtype for g in grads)  # the student's gradient in the student's dtype
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("name", sorted(mgd.DISTILLERS))
+def test_forward_train_under_autocast_is_finite_and_sends_half_precision_gradients(name, dtype):
+    d, x, y = prepared(name)
+    with torch.autocast("cpu", dtype=dtype):
+        logits, losses = d.forward_train(x, y)
+        loss = torch.nn.functional.cross_entropy(logits, y) + sum(losses.values())
+    assert logits.dtype == dtype
+    assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values())
+    loss.backward()
+    grads = [p.grad for p in d.get_learnable_parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_feature_losses_under_autocast_stay_within_one_percent_of_float32(dtype):
+    """End to end (networks in half precision too): the partial-L2 methods stay within 1 %."""
+    for name in ("mgd", "ofd", "sm"):
+        d, x, y = prepared(name)
+        _, full = d.forward_train(x, y)
+        with torch.autocast("cpu", dtype=dtype):
+            _, mixed = d.forward_train(x, y)
+        for k in full:
+            assert mixed[k].item() == pytest.approx(full[k].item(), rel=1e-2), (name, k)
+
+
+def test_summed_partial_l2_of_an_ordinary_stage_does_not_overflow_float16():
+    """One stage of 32 x 256 x 14 x 14 values of order 1: the sum (~1.6e6) is far above float16's 65504."""
+    gen = torch.Generator().manual_seed(0)
+    student = (torch.randn(32, 256, 14, 14, generator=gen) * 2).half().requires_grad_()
+    teacher = torch.randn(32, 256, 14, 14, generator=gen).half()
+    margin = -torch.rand(256, generator=gen)
+    with torch.autocast("cpu", dtype=torch.float16):
+        loss = distillation_loss(student, teacher, margin)
+    reference = distillation_loss(student.detach().float().requires_grad_(), teacher.float(), margin)
+    assert loss.dtype == torch.float32 and torch.isfinite(loss) and loss.item() > 1e6
+    assert loss.item() == pytest.approx(reference.item(), rel=1e-5)
+    loss.backward()
+    assert student.grad.dtype == torch.float16 and torch.isfinite(student.grad).all()
+    naive = ((student.detach() - torch.maximum(teacher, margin.half().view(1, -1, 1, 1))) ** 2).sum()
+    assert not torch.isfinite(naive)  # what summing in float16 would have given

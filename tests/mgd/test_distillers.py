@@ -1,0 +1,169 @@
+"""The one contract, for every registered method: build with no options, prepare when due, forward_train,
+learnable parameters, own state, close; and the OFD / KD++ distillers against hand computations."""
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import mgd
+from mgd.distillers import OFDistiller, build_distiller, distiller_options, option_default
+
+from tiny_models import randomize_bn, tiny_resnet
+
+CLASSES = 4
+#: the loss terms each method returns, and the share of the cross-entropy it keeps
+TERMS = {"mgd": ({"distill"}, 1.0), "sm": ({"distill"}, 1.0), "ofd": ({"ofd"}, 1.0), "kd": ({"kd"}, 0.1),
+         "at": ({"at"}, 1.0), "sp": ({"sp"}, 1.0), "nd": ({"kd", "nd"}, 0.1)}
+
+
+def torchvision_pair():
+    torch.manual_seed(0)
+    return (randomize_bn(torchvision.models.resnet50(num_classes=CLASSES)),
+            torchvision.models.resnet18(num_classes=CLASSES))
+
+
+def batch():
+    gen = torch.Generator().manual_seed(1)
+    return torch.randn(CLASSES, 3, 64, 64, generator=gen), torch.arange(CLASSES)
+
+
+def hooks_of(model):
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._state_dict_hooks)
+               + len(m._load_state_dict_post_hooks) for m in model.modules())
+
+
+def inplace_flags(model):
+    return [m.inplace for m in model.modules() if hasattr(m, "inplace")]
+
+
+def test_every_method_is_registered_with_its_terms():
+    assert set(mgd.DISTILLERS) == set(TERMS)
+
+
+@pytest.mark.parametrize("name", sorted(TERMS))
+def test_contract_with_default_options_on_torchvision_classifiers(name):
+    teacher, student = torchvision_pair()
+    flags_before = inplace_flags(teacher), inplace_flags(student)
+    d = build_distiller(name, teacher, student)
+    x, y = batch()
+    terms, task_weight = TERMS[name]
+    assert d.task_weight == pytest.approx(task_weight)
+    assert d.prepare_due(0) == (name in ("mgd", "sm", "nd"))
+    if d.prepare_due(0):
+        d.prepare([(x, y)], epoch=0)
+        assert not d.prepare_due(0)
+        assert all(t.numel() for t in d.prepared_state())
+    d.train()
+    logits, losses = d.forward_train(x, y)
+    assert logits.shape == (CLASSES, CLASSES) and set(losses) == terms
+    assert all(v.dim() == 0 and v.dtype == torch.float32 and torch.isfinite(v) and v > 0 for v in losses.values())
+    (d.task_weight * nn.functional.cross_entropy(logits, y) + sum(losses.values())).backward()
+    assert all(p.grad is None for p in teacher.parameters()) and not teacher.training
+    learnable = d.get_learnable_parameters()
+    assert {id(p) for p in student.parameters()} <= {id(p) for p in learnable}
+    assert not {id(p) for p in teacher.parameters()} & {id(p) for p in learnable}
+    assert student.conv1.weight.grad.abs().sum() > 0
+    # the own state restores the method exactly in a fresh distiller around the same networks
+    state = d.own_state_dict()
+    assert not any(k.startswith(("t_net.", "s_net.")) for k in state)
+    d.eval()
+    with torch.no_grad():
+        before = d.forward_train(x, y)[1]
+    d.close()
+    fresh = build_distiller(name, teacher, student)
+    fresh.load_own_state_dict(state)
+    fresh.eval()
+    with torch.no_grad():
+        after = fresh.forward_train(x, y)[1]
+    for k in terms:
+        torch.testing.assert_close(after[k], before[k])
+    fresh.close()
+    assert hooks_of(teacher) == 0 and hooks_of(student) == 0
+    assert (inplace_flags(teacher), inplace_flags(student)) == flags_before
+
+
+def test_distillers_built_and_closed_in_a_loop_leave_the_models_as_they_were():
+    teacher, student = torchvision_pair()
+    flags = inplace_flags(teacher), inplace_flags(student)
+    x, _ = batch()
+    with torch.no_grad():
+        teacher.eval(), student.eval()
+        expected = teacher(x), student(x)
+    for _ in range(3):
+        for name in sorted(TERMS):
+            build_distiller(name, teacher, student).close()
+    assert hooks_of(teacher) == 0 and hooks_of(student) == 0
+    assert (inplace_flags(teacher), inplace_flags(student)) == flags
+    with torch.no_grad():
+        teacher.eval(), student.eval()
+        torch.testing.assert_close(teacher(x), expected[0])
+        torch.testing.assert_close(student(x), expected[1])
+
+
+def test_unknown_names_and_options_are_clear_errors():
+    teacher, student = torchvision_pair()
+    with pytest.raises(ValueError, match="valid: at, kd, mgd, nd, ofd, sm, sp"):
+        build_distiller("fitnet", teacher, student)
+    with pytest.raises(TypeError, match="takes no option.*'beta'"):
+        build_distiller("kd", teacher, student, beta=3)
+    assert {"reducer", "loss_factor", "update_freq", "with_kd", "teacher_layers"} <= distiller_options("mgd")
+    assert {"alpha", "temperature", "nd_weight", "num_classes"} <= distiller_options("nd")
+    assert option_default("mgd", "reducer") == "amp" and option_default("ofd", "loss_factor") == 1e4
+
+
+def test_ofd_loss_equals_manual_partial_l2_through_the_connectors():
+    torch.manual_seed(0)
+    teacher, student = randomize_bn(tiny_resnet(True)), tiny_resnet(False)
+    d = OFDistiller(teacher, student, loss_factor=1e3)
+    assert [c[0].in_channels for c in d.connectors] == [64, 128, 256, 512]
+    assert [c[0].out_channels for c in d.connectors] == [256, 512, 1024, 2048]
+    x = torch.randn(4, 3, 32, 32)
+    d.train()
+    out, losses = d.forward_train(x)
+    t_feats, _ = d._t_src(d.t_net, x)
+    s_feats, _ = d._s_src(d.s_net, x)
+    expected = 0.0
+    for i in range(4):
+        target = torch.maximum(t_feats[i], d.margins[i].view(1, -1, 1, 1))
+        s = d.connectors[i](s_feats[i])
+        mask = (s > target) | (target > 0)
+        expected = expected + ((s - target) ** 2 * mask).sum() / 2 ** (3 - i)
+    torch.testing.assert_close(losses["ofd"], expected / 4 / 1e3, rtol=1e-4, atol=1e-6)
+    losses["ofd"].backward()
+    assert all(p.grad is None for p in d.t_net.parameters())
+    assert d.connectors[0][0].weight.grad.abs().sum() > 0
+
+
+def test_ofd_and_mgd_margins_follow_the_teacher_weights():
+    torch.manual_seed(0)
+    teacher, student = randomize_bn(tiny_resnet(True)), tiny_resnet(False)
+    d = OFDistiller(teacher, student)
+    other = randomize_bn(tiny_resnet(True), seed=3)
+    teacher.load_state_dict(other.state_dict())
+    torch.testing.assert_close(d.margins[2], mgd.get_margin_from_BN(other.layer3[-1].bn3))
+    d.close()  # closed: the teacher's reload hook is gone, the margins stay
+    teacher.load_state_dict(randomize_bn(tiny_resnet(True), seed=4).state_dict())
+    torch.testing.assert_close(d.margins[2], mgd.get_margin_from_BN(other.layer3[-1].bn3))
+
+
+def test_nd_distiller_needs_class_means_and_labels():
+    torch.manual_seed(0)
+    d = build_distiller("nd", randomize_bn(tiny_resnet(True)), tiny_resnet(False))
+    assert d.class_means.shape == (10, 2048)  # the class count read off the teacher's classifier
+    assert isinstance(d.projection, torch.nn.Linear) and d.projection.in_features == 512
+    x, y = torch.randn(6, 3, 32, 32), torch.tensor([0, 1, 2, 3, 4, 5])
+    with pytest.raises(RuntimeError, match="prepare"):
+        d.forward_train(x, y)
+    with pytest.raises(ValueError, match="no training image of class"):
+        d.prepare([(x, y)])
+    d.prepare([(x, y), (torch.randn(4, 3, 32, 32), torch.tensor([6, 7, 8, 9]))])
+    assert d.prepare_summary()["images"] == 10 and not d.prepare_due(1)
+    with torch.no_grad():
+        d.t_net.eval()
+        emb = torch.flatten(d.t_net.avgpool(d.t_net.layer4(d.t_net.layer3(d.t_net.layer2(d.t_net.layer1(
+            d.t_net.maxpool(d.t_net.relu(d.t_net.bn1(d.t_net.conv1(x))))))))), 1)
+    torch.testing.assert_close(d.class_means[:6], emb, rtol=1e-4, atol=1e-5)
+    out, losses = d.forward_train(x, y)
+    assert set(losses) == {"kd", "nd"} and d.task_weight == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="labels"):
+        d.forward_train(x)
