@@ -46,6 +46,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_matching.py
 	$(PY) benchmarks/bench_reducer.py
 	$(PY) benchmarks/bench_train_step.py
+	$(PY) benchmarks/amp_losses.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
