@@ -81,14 +81,14 @@ def worker(local_rank: int, args) -> None:
     precision.prepare_model(model.to(device))
     optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], args)
     scheduler = make_scheduler(optimizer, args)
-    start_epoch, best, _ = resume(args, model, optimizer, scheduler, precision)
+    start_epoch, best = resume(args, model, optimizer, scheduler, precision)
     if args.evaluate:
         models = {}
         if args.teacher_resume:
             models["teacher " + args.teacher_arch] = build_teacher(args, num_classes).to(device)
         evaluate_models({**models, args.arch: model}, valid_loader, device, args.rank)
         return
-    trainable = wrap_for_training(model, device, args.distributed, args.gpu)
+    trainable = wrap_for_training(model, device, args.distributed, args.gpu, precision=precision)
     criterion = nn.CrossEntropyLoss()
 
     def step(batch):

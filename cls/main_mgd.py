@@ -104,15 +104,16 @@ def worker(local_rank: int, args) -> None:
     def same_run(ckpt) -> None:
         if ckpt.get("method") != args.distiller or "distiller" not in ckpt:
             raise UserError(f"--resume: {args.resume} is not a {args.distiller} checkpoint for {args.arch}")
-    start_epoch, best, ckpt = resume(args, student, optimizer, scheduler, precision, same_run)
-    if ckpt:
-        distiller.load_own_state_dict(ckpt["distiller"])
+        if ckpt.get("teacher_arch") != args.teacher_arch:
+            raise UserError(f"--resume: {args.resume} was distilled from {ckpt.get('teacher_arch')}, not from "
+                            f"{args.teacher_arch} (--teacher-arch)")
+    start_epoch, best = resume(args, student, optimizer, scheduler, precision, same_run, distiller)
     if args.evaluate:
         evaluate_models({"teacher " + args.teacher_arch: teacher, "student " + args.arch: student}, valid_loader,
                         device, args.rank)
         return
 
-    trainable = wrap_for_training(distiller, device, args.distributed, args.gpu)
+    trainable = wrap_for_training(distiller, device, args.distributed, args.gpu, precision=precision)
     criterion = nn.CrossEntropyLoss()
     log = RunLog(args.output_dir, args.rank, args.tensorboard)
     first = [True]

@@ -18,7 +18,8 @@ from torch import nn
 
 from mgd.checkpoint import atomic_save
 from mgd.engine import (Precision, RunLog, UserError, epoch_loader, eval_loader, load_checkpoint, plain_args,
-                        save_checkpoints, seed_everything, setup_process, start_output_dir, train_one_epoch)
+                        restore_training_state, save_checkpoints, seed_everything, setup_process, start_output_dir,
+                        train_one_epoch)
 
 from . import data as cdata
 from .models import build_model, cached_weights_path, default_teacher, load_cached_pretrained
@@ -86,6 +87,7 @@ def start_worker(local_rank: int, args: argparse.Namespace):
     valid_loader = eval_loader(valid_set, args.per_process_batch, args.workers, args.rank, args.world_size,
                                device.type == "cuda")
     precision = Precision(args.amp, args.amp_dtype, device, args.channels_last)
+    logger.info("%s on %s, %d process(es), %s", args.arch, device, args.world_size, precision.describe())
     return device, precision, (train_set, valid_loader, prepare_set, num_classes)
 
 
@@ -142,22 +144,26 @@ def fit(*, args: argparse.Namespace, device: torch.device, precision: Precision,
 
 
 def resume(args: argparse.Namespace, student: nn.Module, optimizer, scheduler, precision: Precision,
-           check: Optional[Callable[[Dict[str, Any]], None]] = None) -> tuple:
-    """Restore a --resume checkpoint of these scripts: (start epoch, best top-1, the checkpoint); without
-    --resume, (--start-epoch, 0, {}). ``check(ckpt)`` raises UserError when it belongs to another run."""
+           check: Optional[Callable[[Dict[str, Any]], None]] = None, distiller: Optional[nn.Module] = None
+           ) -> tuple:
+    """Restore a --resume checkpoint of these scripts (student, optimizer, LR schedule, GradScaler, and the
+    distiller's state when given): (start epoch, best top-1); without --resume, (--start-epoch, 0).
+    ``check(ckpt)`` raises UserError when the checkpoint belongs to another kind of run."""
     if not args.resume:
-        return args.start_epoch, 0.0, {}
+        return args.start_epoch, 0.0
     ckpt = load_checkpoint(args.resume, ("student", "epoch", "optimizer", "lr_scheduler", "best_acc1"))
     if ckpt.get("arch") != args.arch:
         raise UserError(f"--resume: {args.resume} is a checkpoint for {ckpt.get('arch')}, not {args.arch}")
     if check is not None:
         check(ckpt)
-    student.load_state_dict(ckpt["student"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    scheduler.load_state_dict(ckpt["lr_scheduler"])
-    precision.load_state_dict(ckpt.get("scaler", {}))
+    try:
+        student.load_state_dict(ckpt["student"])
+    except RuntimeError as exc:
+        raise UserError(f"--resume: the student in {args.resume} does not fit {args.arch}: "
+                        f"{str(exc).splitlines()[0][:200]}") from exc
+    restore_training_state(ckpt, args.resume, optimizer, precision, scheduler, distiller)
     logger.info("resumed from %s at epoch %d", args.resume, int(ckpt["epoch"]))
-    return int(ckpt["epoch"]), float(ckpt["best_acc1"]), ckpt
+    return int(ckpt["epoch"]), float(ckpt["best_acc1"])
 
 
 def make_optimizer(params, args: argparse.Namespace) -> torch.optim.Optimizer:

@@ -16,12 +16,13 @@ adds the terms, and checkpoints :meth:`Distiller.own_state_dict` beside the stud
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
-from .features import StageSpec, make_feature_source
+from .features import StageSpec, builtin_ignore_inds, make_feature_source
 from .losses.precision import float32_region
 
 __all__ = ["Distiller", "TrainableDistiller", "check_networks", "float32_region", "Layers"]
@@ -59,6 +60,25 @@ class Distiller(nn.Module):
     prepare_name: str = "prepare"
     _NETWORK_PREFIXES = ("t_net.", "s_net.")
 
+    def __init_subclass__(cls, **kwargs) -> None:
+        """A constructor that fails (a bad option, stages that do not fit) removes the hooks it already
+        installed: no object comes back on which ``close()`` could be called."""
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is None or getattr(init, "_closes_on_error", False):
+            return
+
+        @functools.wraps(init)
+        def guarded(self, *args, **kw):
+            try:
+                init(self, *args, **kw)
+            except BaseException:
+                if "_sources" in self.__dict__:
+                    self.close()
+                raise
+        guarded._closes_on_error = True  # type: ignore[attr-defined]
+        cls.__init__ = guarded  # type: ignore[method-assign]
+
     def __init__(self, t_net: nn.Module, s_net: nn.Module, *, teacher_layers: Layers = None,
                  student_layers: Layers = None, teacher_bns: Optional[Sequence[str]] = None,
                  teacher_train_mode: bool = False, own_networks: bool = True) -> None:
@@ -71,9 +91,11 @@ class Distiller(nn.Module):
         self.teacher_train_mode = bool(teacher_train_mode)
         t_net.requires_grad_(False)
         self._sources: List[Any] = []
+        self._student_layers_given = student_layers is not None
         if self.needs_features:
             self._t_src = self._source(t_net, teacher_layers, teacher_bns, "teacher")
             self._s_src = self._source(s_net, student_layers, None, "student")
+        self.train(self.training)  # the teacher in eval mode from the start, not only after a .train() call
 
     # ------------------------------------------------------------------------------------------ set-up
     def _source(self, net: nn.Module, layers: Layers, bns: Optional[Sequence[str]], role: str):
@@ -106,6 +128,28 @@ class Distiller(nn.Module):
                              "number of teacher and student layers")
         return [int(c) for c in t_ch], [int(c) for c in s_ch]
 
+    def _select_stages(self, num_stages: int, ignore_inds: Optional[Sequence[int]]) -> None:
+        """``self.ignore_inds`` and ``self.stages`` (the distilled ones). None: the student family's default
+        (stage 0 of MobileNetV2 and ShuffleNetV2, whose first stage has another resolution than a ResNet
+        teacher's, as the original skipped it) when the positions are built in, else none."""
+        if ignore_inds is None:
+            ignore_inds = [] if self._student_layers_given else builtin_ignore_inds(self.s_net)
+        bad = [i for i in ignore_inds if not 0 <= int(i) < num_stages]
+        if bad:
+            raise ValueError(f"ignore_inds {bad} out of range for {num_stages} stages (valid: 0..{num_stages - 1})")
+        self.ignore_inds = sorted({int(i) for i in ignore_inds})
+        self.stages = [i for i in range(num_stages) if i not in self.ignore_inds]
+        if not self.stages:
+            raise ValueError("ignore_inds leaves no stage to distill")
+
+    def _check_spatial(self, t_feats: Sequence[torch.Tensor], s_feats: Sequence[torch.Tensor]) -> None:
+        """ValueError naming the first distilled stage whose teacher and student maps differ in size."""
+        for i in self.stages:
+            if t_feats[i].shape[2:] != s_feats[i].shape[2:]:
+                raise ValueError(f"stage {i}: teacher feature {tuple(t_feats[i].shape)} and student feature "
+                                 f"{tuple(s_feats[i].shape)} differ in spatial size; add {i} to ignore_inds or "
+                                 "capture other layers")
+
     # ------------------------------------------------------------------------------------------ modes, state
     def train(self, mode: bool = True) -> "Distiller":
         super().train(mode)
@@ -136,7 +180,7 @@ class Distiller(nn.Module):
     def close(self) -> None:
         """Remove every hook this distiller installed and restore the in-place flags it switched off, so
         the two networks are exactly as they were before it was built (a notebook, a sweep)."""
-        for source in self._sources:
+        for source in self.__dict__.get("_sources", []):
             source.close()
         self._sources = []
 
@@ -201,6 +245,11 @@ class TrainableDistiller(nn.Module):
     @property
     def distiller(self) -> Distiller:
         return self._distiller[0]
+
+    def train(self, mode: bool = True) -> "TrainableDistiller":
+        super().train(mode)
+        self.distiller.train(mode)  # reaches the teacher too, which must stay in eval mode
+        return self
 
     def forward(self, *args, **kwargs):
         return self.distiller.forward_train(*args, **kwargs)

@@ -28,7 +28,7 @@ from torch import nn
 from . import distributed as mdist
 from .base import TrainableDistiller, float32_region
 from .feature_distiller import PartialL2Distiller, halving_stage_weights
-from .features import StageSpec, builtin_ignore_inds
+from .features import StageSpec
 from .losses import kd_loss
 from .margin import distillation_loss, get_margin_from_BN, margin_target, partial_l2
 from .matching import SOLVERS, CostTracker
@@ -63,6 +63,11 @@ def stage_loss(norm: nn.Module, student: torch.Tensor, teacher: torch.Tensor, ma
         t, m = reducer(teacher, margin, guided_inds, num_student)
         target, floor = margin_target(t, m, inplace=True)  # reducers return fresh tensors
     return partial_l2(s, target, floor)
+
+
+def _sync_matched_flag(module: "MGDistiller", keys) -> None:
+    """After a state dict is loaded: whether it holds a matching (read once, not at every step)."""
+    module._matched = int(module.num_updates) > 0
 
 
 class MGDistiller(PartialL2Distiller):
@@ -138,8 +143,9 @@ class MGDistiller(PartialL2Distiller):
         self.det = bool(det)
         super().__init__(t_net, s_net, teacher_layers=teacher_layers, student_layers=student_layers,
                          teacher_bns=teacher_bns, teacher_train_mode=teacher_train_mode, own_networks=own_networks,
-                         loss_factor=loss_factor, stage_weights=stage_weights, teacher_channels=teacher_channels,
-                         student_channels=student_channels, example_input=example_input)
+                         ignore_inds=ignore_inds, loss_factor=loss_factor, stage_weights=stage_weights,
+                         teacher_channels=teacher_channels, student_channels=student_channels,
+                         example_input=example_input)
         self.sync_bn = bool(sync_bn)
         self.with_kd = bool(with_kd)
         self.preReLU = bool(preReLU)
@@ -151,15 +157,6 @@ class MGDistiller(PartialL2Distiller):
         self.update_images = None if update_images is None else int(update_images)
 
         n = len(self.t_channels)
-        if ignore_inds is None:
-            ignore_inds = builtin_ignore_inds(s_net) if student_layers is None else []
-        bad = [i for i in ignore_inds if not 0 <= int(i) < n]
-        if bad:
-            raise ValueError(f"ignore_inds {bad} out of range for {n} stages (valid: 0..{n - 1})")
-        self.ignore_inds = sorted({int(i) for i in ignore_inds})
-        self.stages = [i for i in range(n) if i not in self.ignore_inds]
-        if not self.stages:
-            raise ValueError("ignore_inds leaves no stage to distill")
         for i in self.stages:
             sc, tc = self.s_channels[i], self.t_channels[i]
             if sc > tc:
@@ -167,10 +164,11 @@ class MGDistiller(PartialL2Distiller):
                                  "teacher stages at least as wide as the student's (or ignore this stage)")
         self.groups = [1 if reducer == "sm" else self.t_channels[i] // self.s_channels[i] for i in range(n)]
 
-        # Ignored stages get no norm layer (an Identity): parameters that never receive a gradient would make
-        # DistributedDataParallel wait for them (the original needed find_unused_parameters=True).
+        # Stages without a loss (ignored, or weight 0) get no norm layer (an Identity): parameters that never
+        # receive a gradient would make DistributedDataParallel wait for them (the original needed
+        # find_unused_parameters=True).
         make_norm = student_norm or self._default_norm()
-        self.BNs = nn.ModuleList([make_norm(c) if i in self.stages else nn.Identity()
+        self.BNs = nn.ModuleList([make_norm(c) if i in self.stages and self.stage_weights[i] != 0 else nn.Identity()
                                   for i, c in enumerate(self.s_channels)])
         for i in range(n):
             self.register_buffer(f"guided_inds{i + 1}",
@@ -179,7 +177,8 @@ class MGDistiller(PartialL2Distiller):
         #: the epoch before which the last matching was solved through prepare() (-1: none yet)
         self.register_buffer("prepared_epoch", torch.full((), -1, dtype=torch.long))
         self._last_reports: list = []
-        self._matched = False
+        self._matched = False  # mirrors num_updates > 0 on the Python side (no device sync per step)
+        self.register_load_state_dict_post_hook(_sync_matched_flag)
         self.init_flow()
         self.train(self.training)
         self._log_layout()
@@ -252,7 +251,7 @@ class MGDistiller(PartialL2Distiller):
     def prepare_due(self, epoch: int) -> bool:
         """True before the first epoch trained without a matching, then before every ``update_freq``-th
         epoch (or the epochs in ``update_epochs``), once per epoch."""
-        if int(self.num_updates) == 0:
+        if not self._matched:
             return True
         if epoch == int(self.prepared_epoch):
             return False
@@ -314,6 +313,7 @@ class MGDistiller(PartialL2Distiller):
         for stage, ind in zip(self.stages, inds):
             getattr(self, f"guided_inds{stage + 1}").copy_(ind)
         self.num_updates += 1
+        self._matched = True
         self._last_reports = reports
         for r in reports:
             logger.info("mgd matching %d, stage %d: cost %dx%d solved in %.3f s, mean matched cost %.4f",
@@ -330,18 +330,12 @@ class MGDistiller(PartialL2Distiller):
             if t.shape[1] != self.t_channels[i] or s.shape[1] != self.s_channels[i]:
                 raise RuntimeError(f"stage {i}: features have {t.shape[1]} (teacher) / {s.shape[1]} (student) "
                                    f"channels, expected {self.t_channels[i]} / {self.s_channels[i]}")
-            if t.shape[2:] != s.shape[2:]:
-                raise ValueError(f"stage {i}: teacher feature {tuple(t.shape)} and student feature "
-                                 f"{tuple(s.shape)} differ in spatial size; add {i} to ignore_inds or capture "
-                                 "other layers")
+        self._check_spatial(t_feats, s_feats)
 
     def _check_matched(self) -> None:
-        if self._matched:  # a Python flag: reading num_updates on a GPU at every step would synchronise
-            return
-        if int(self.num_updates) == 0:
+        if not self._matched:  # a Python flag: reading num_updates on a GPU at every step would synchronise
             raise RuntimeError("no channel matching yet: call mgd_update(loader, distiller) (or "
                                "distiller.prepare(loader)) before the first forward, and again every few epochs")
-        self._matched = True
 
     def stage_loss(self, i: int, s_feat: torch.Tensor, t_feat: torch.Tensor) -> torch.Tensor:
         """Partial L2 between the normalised student feature and the reduced teacher feature of stage i."""

@@ -54,17 +54,20 @@ class KDDistiller(Distiller):
 
 
 class ATDistiller(Distiller):
-    """Attention transfer on every stage's post-ReLU output: beta / 2 * sum of at_loss (beta = 1000)."""
+    """Attention transfer on every distilled stage's post-ReLU output: beta / 2 * sum of at_loss (beta =
+    1000). ``ignore_inds`` as MGD's (the attention maps of a stage must have the teacher's spatial size)."""
 
-    def __init__(self, t_net: nn.Module, s_net: nn.Module, beta: float = 1e3, **kwargs) -> None:
+    def __init__(self, t_net: nn.Module, s_net: nn.Module, beta: float = 1e3,
+                 ignore_inds: Optional[List[int]] = None, **kwargs) -> None:
         super().__init__(t_net, s_net, **kwargs)
         self.beta = float(beta)
         t_stages, s_stages = len(self._t_src.channels()), len(self._s_src.channels())
         if t_stages != s_stages:
             raise ValueError(f"the teacher has {t_stages} stages but the student has {s_stages}")
+        self._select_stages(t_stages, ignore_inds)
 
     def losses(self, s_feats, t_feats, s_out, t_out, target):
-        total = sum(at_loss(torch.relu(s), torch.relu(t)) for s, t in zip(s_feats, t_feats))
+        total = sum(at_loss(torch.relu(s_feats[i]), torch.relu(t_feats[i])) for i in self.stages)
         return {"at": self.beta / 2 * total}
 
 
@@ -88,17 +91,18 @@ class OFDistiller(PartialL2Distiller):
 
     def __init__(self, t_net: nn.Module, s_net: nn.Module, loss_factor: float = 1e4, **kwargs) -> None:
         super().__init__(t_net, s_net, loss_factor=loss_factor, **kwargs)
-        self.connectors = nn.ModuleList([
-            nn.Sequential(nn.Conv2d(s, t, 1, bias=False), nn.BatchNorm2d(t))
-            for s, t in zip(self.s_channels, self.t_channels)])
-        for conn in self.connectors:
-            nn.init.kaiming_normal_(conn[0].weight, mode="fan_out", nonlinearity="relu")
+        self.connectors = nn.ModuleList([  # none (an Identity) for an ignored stage: no unused parameters
+            nn.Sequential(nn.Conv2d(s, t, 1, bias=False), nn.BatchNorm2d(t)) if i in self.stages else nn.Identity()
+            for i, (s, t) in enumerate(zip(self.s_channels, self.t_channels))])
+        for i in self.stages:
+            nn.init.kaiming_normal_(self.connectors[i][0].weight, mode="fan_out", nonlinearity="relu")
 
     def losses(self, s_feats, t_feats, s_out, t_out, target):
+        self._check_spatial(t_feats, s_feats)
         total = torch.zeros((), device=s_out.device)
-        for i, (s, t) in enumerate(zip(s_feats, t_feats)):
-            target_i, floor = margin_target(t, self.margins[i])
-            total = total + partial_l2(self.connectors[i](s.float()), target_i, floor) * self.stage_weights[i]
+        for i in self.stages:
+            target_i, floor = margin_target(t_feats[i], self.margins[i])
+            total = total + partial_l2(self.connectors[i](s_feats[i].float()), target_i, floor) * self.stage_weights[i]
         return {"ofd": self.normalise(total, s_out.shape[0])}
 
 
@@ -109,6 +113,11 @@ def classifier_layer(net: nn.Module) -> str:
     if not linears:
         raise ValueError(f"{type(unwrap(net)).__name__} has no nn.Linear classifier; name the embedding layer")
     return linears[-1]
+
+
+def _sync_ready_flag(module: "NDDistiller", keys) -> None:
+    """After a state dict is loaded: whether it holds the class means (read once, not at every step)."""
+    module._ready = bool(module.class_means_ready)
 
 
 class NDDistiller(KDDistiller):
@@ -140,6 +149,8 @@ class NDDistiller(KDDistiller):
         self.projection = nn.Identity() if t_dim == s_dim else nn.Linear(s_dim, t_dim, bias=False)
         self.register_buffer("class_means", torch.zeros(int(num_classes), t_dim))
         self.register_buffer("class_means_ready", torch.zeros((), dtype=torch.bool))
+        self._ready = False  # mirrors class_means_ready on the Python side (no device sync per step)
+        self.register_load_state_dict_post_hook(_sync_ready_flag)
         self._summary: Dict[str, Any] = {}
 
     @staticmethod
@@ -150,7 +161,7 @@ class NDDistiller(KDDistiller):
         return layer
 
     def prepare_due(self, epoch: int) -> bool:
-        return not bool(self.class_means_ready)
+        return not self._ready
 
     def prepare(self, loader: Iterable, epoch: Optional[int] = None) -> None:
         """The teacher's class-mean embeddings over ``loader`` ((images, labels) batches, each process its
@@ -186,6 +197,7 @@ class NDDistiller(KDDistiller):
             raise ValueError(f"no training image of class(es) {missing[:10]}: cannot compute their mean embedding")
         self.class_means.copy_((sums / counts[:, None]).float())
         self.class_means_ready.fill_(True)
+        self._ready = True
         self._summary = {"classes": int(counts.numel()), "images": int(counts.sum().item()),
                          "seconds": round(time.perf_counter() - start, 2)}
 
@@ -198,7 +210,7 @@ class NDDistiller(KDDistiller):
     def losses(self, s_feats, t_feats, s_out, t_out, target):
         if target is None:
             raise ValueError("the ND loss needs the labels: call forward_train(images, target)")
-        if not bool(self.class_means_ready):
+        if not self._ready:
             raise RuntimeError("call prepare(train_loader) (the class means) before training with the ND loss")
         out = super().losses(s_feats, t_feats, s_out, t_out, target)
         out["nd"] = self.nd_weight * nd_loss(self.projection(s_feats[0].float()), t_feats[0], self.class_means,

@@ -40,14 +40,15 @@ class PartialL2Distiller(Distiller):
     """Base of OFD and MGD: stage channels, margins (buffers ``margin1..n``), stage weights, normalisation.
 
     Args (beyond :class:`~mgd.base.Distiller`'s):
+        ignore_inds: stages not distilled (None: the student family's default, see ``_select_stages``).
         loss_factor: the summed loss is divided by the batch size and this factor (``normalise``).
         stage_weights: per-stage weights (default :func:`halving_stage_weights`).
         teacher_channels, student_channels, example_input: where channel counts cannot be read off the
             named modules (see :meth:`~mgd.base.Distiller._stage_channels`).
     """
 
-    def __init__(self, t_net: nn.Module, s_net: nn.Module, *, loss_factor: float = 1e4,
-                 stage_weights: Optional[Sequence[float]] = None,
+    def __init__(self, t_net: nn.Module, s_net: nn.Module, *, ignore_inds: Optional[Sequence[int]] = None,
+                 loss_factor: float = 1e4, stage_weights: Optional[Sequence[float]] = None,
                  teacher_channels: Optional[Sequence[int]] = None,
                  student_channels: Optional[Sequence[int]] = None,
                  example_input: Optional[torch.Tensor] = None, **kwargs) -> None:
@@ -57,6 +58,7 @@ class PartialL2Distiller(Distiller):
         self.loss_factor = float(loss_factor)
         self.t_channels, self.s_channels = self._stage_channels(teacher_channels, student_channels, example_input)
         n = len(self.t_channels)
+        self._select_stages(n, ignore_inds)
         weights = list(stage_weights) if stage_weights is not None else self.default_stage_weights(n)
         if len(weights) != n:
             raise ValueError(f"stage_weights has {len(weights)} entries for {n} stages")
@@ -95,6 +97,7 @@ class PartialL2Distiller(Distiller):
 
     def close(self) -> None:
         super().close()
-        if self._margin_hook is not None:
-            self._margin_hook.remove()
+        hook = self.__dict__.get("_margin_hook")
+        if hook is not None:
+            hook.remove()
             self._margin_hook = None

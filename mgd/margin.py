@@ -105,8 +105,8 @@ class _PartialL2(torch.autograd.Function):
     """sum(max(source - target, floor)^2) in float32, with one saved tensor and a one-multiply backward.
 
     Autograd over the plain expression would keep masks for max and the square and run four
-    elementwise backward kernels; the gradient is simply 2 * max(source - target, floor), returned in the
-    source's dtype (float16 / bfloat16 under autocast).
+    elementwise backward kernels; the gradient is simply 2 * max(source - target, floor), computed in
+    float32 (autograd hands it to the source in the source's dtype, float16 / bfloat16 under autocast).
     """
 
     @staticmethod
@@ -114,7 +114,6 @@ class _PartialL2(torch.autograd.Function):
         with float32_region(source.device):
             kept = source.float() - target.float()
             torch.maximum(kept, floor.float(), out=kept)
-            ctx.source_dtype = source.dtype
             ctx.save_for_backward(kept)
             flat = kept.reshape(-1)
             return torch.dot(flat, flat)
@@ -123,7 +122,7 @@ class _PartialL2(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_output):  # type: ignore[override]
         (kept,) = ctx.saved_tensors
-        return (kept * (2 * grad_output.float())).to(ctx.source_dtype), None, None
+        return kept * (2 * grad_output), None, None
 
 
 def partial_l2(source: torch.Tensor, target: torch.Tensor, floor: torch.Tensor) -> torch.Tensor:

@@ -31,9 +31,9 @@ from torchvision import datasets
 import mgd
 from mgd.checkpoint import atomic_save, strip_prefix
 from mgd.engine import (Precision, RunLog, UserError, add_launch_arguments, add_precision_arguments, epoch_loader,
-                        launch, load_checkpoint, plain_args, prepare_if_due, run_cli, save_checkpoints,
-                        seed_everything, setup_process, start_output_dir, train_one_epoch, worker_guard,
-                        wrap_for_training)
+                        launch, load_checkpoint, plain_args, prepare_if_due, restore_training_state, run_cli,
+                        save_checkpoints, seed_everything, setup_process, start_output_dir, train_one_epoch,
+                        worker_guard, wrap_for_training)
 from mgd.engine.args import non_negative_float, non_negative_int, positive_float, positive_int
 from unsup.moco import MoCo, TwoCropsTransform, moco_augmentation
 
@@ -123,7 +123,7 @@ class MoCoMGD(nn.Module):
         d = self._distiller[0]
         t_feats, _ = d.teacher_features(lambda: d.t_net(im_q))
         s_feats, (logits, labels) = d.student_features(lambda: self.moco(im_q, im_k))
-        return logits, labels, d.normalise(d.distill_loss(s_feats, t_feats), im_q.shape[0])
+        return logits, labels, d.losses(s_feats, t_feats, None, None, None)["distill"]
 
 
 def learning_rate(args, epoch: int) -> float:
@@ -153,6 +153,8 @@ def worker(local_rank: int, args) -> None:
     if args.moco_k % (args.per_process_batch * args.world_size):
         raise UserError(f"--moco-k {args.moco_k} must be a multiple of the batch size {args.batch_size}")
     start_output_dir(args.output_dir, bool(args.resume), args.rank)
+    logger.info("MoCo-v2 %s guided by %s on %s, %d process(es), %s", args.arch, args.teacher_arch, device,
+                args.world_size, precision.describe())
     teacher = load_teacher(args).to(device)
     moco = MoCo(getattr(torchvision.models, args.arch), args.moco_dim, args.moco_k, args.moco_m, args.moco_t,
                 args.mlp).to(device)
@@ -168,10 +170,10 @@ def worker(local_rank: int, args) -> None:
     start_epoch = args.start_epoch
     if args.resume:
         ckpt = load_checkpoint(args.resume, ("state_dict", "optimizer", "epoch", "distiller"))
+        if ckpt.get("arch") != args.arch:
+            raise UserError(f"--resume: {args.resume} is a checkpoint for {ckpt.get('arch')}, not {args.arch}")
         moco.load_state_dict(ckpt["state_dict"])
-        distiller.load_own_state_dict(ckpt["distiller"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        precision.load_state_dict(ckpt.get("scaler", {}))
+        restore_training_state(ckpt, args.resume, optimizer, precision, distiller=distiller)
         start_epoch = int(ckpt["epoch"])
         logger.info("resumed from %s at epoch %d", args.resume, start_epoch)
     trainable = wrap_for_training(model, device, args.distributed, data_parallel=False)  # MoCo needs DDP's ranks

@@ -6,15 +6,15 @@ loaders, one training epoch and the distiller's prepare step.
 the library stays free of argparse, printing and ``sys.exit``.
 """
 from .args import add_launch_arguments, add_precision_arguments
-from .checkpoints import load_checkpoint, plain_args, read_weights, save_checkpoints
+from .checkpoints import load_checkpoint, plain_args, read_weights, restore_training_state, save_checkpoints
 from .data import epoch_loader, eval_loader, prepare_loader, shard
 from .launch import UserError, launch, run_cli, seed_everything, setup_logging, setup_process, worker_guard
 from .logs import Meter, RunLog, start_output_dir
 from .precision import Precision
-from .train import DistillerStep, mean_terms, prepare_if_due, train_one_epoch, wrap_for_training
+from .train import ReplicaStep, mean_terms, prepare_if_due, train_one_epoch, wrap_for_training
 
 __all__ = ["UserError", "launch", "run_cli", "worker_guard", "setup_process", "setup_logging", "seed_everything",
            "add_launch_arguments", "add_precision_arguments", "Precision", "RunLog", "Meter", "start_output_dir",
            "save_checkpoints", "load_checkpoint", "read_weights", "plain_args", "shard", "epoch_loader",
            "eval_loader", "prepare_loader", "train_one_epoch", "prepare_if_due", "wrap_for_training",
-           "DistillerStep", "mean_terms"]
+           "ReplicaStep", "mean_terms", "restore_training_state"]

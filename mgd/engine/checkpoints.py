@@ -2,14 +2,14 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Iterable, Sequence
+from typing import Any, Dict, Iterable, Optional, Sequence
 
 import torch
 
 from ..checkpoint import atomic_save, safe_load, strip_prefix
 from .launch import UserError
 
-__all__ = ["save_checkpoints", "load_checkpoint", "read_weights", "plain_args"]
+__all__ = ["save_checkpoints", "load_checkpoint", "read_weights", "plain_args", "restore_training_state"]
 
 
 def save_checkpoints(state: Dict[str, Any], output_dir: str, names: Iterable[str]) -> None:
@@ -55,3 +55,26 @@ def plain_args(args: Any) -> Dict[str, Any]:
             return [plain(x) for x in v]
         return v if isinstance(v, (str, int, float, bool)) or v is None else str(v)
     return {k: plain(v) for k, v in vars(args).items()}
+
+
+def restore_training_state(ckpt: Dict[str, Any], path: str, optimizer: torch.optim.Optimizer,
+                           precision: Optional[Any] = None, scheduler: Optional[Any] = None,
+                           distiller: Optional[Any] = None, distiller_key: str = "distiller") -> None:
+    """Load what a resumed run continues from: the optimizer, the GradScaler (``precision``), the LR
+    schedule and the distiller's own state (matching, norm layers, class means...). A checkpoint written
+    with other options (another reducer, teacher or mgd version) is a one-line UserError that says so."""
+    if distiller is not None:
+        try:
+            distiller.load_own_state_dict(ckpt[distiller_key])
+        except (RuntimeError, KeyError) as exc:
+            first = str(exc).splitlines()[0][:300]
+            raise UserError(f"--resume: the distiller state in {path} does not fit this run (written with other "
+                            f"options, another teacher or another mgd version): {first}") from exc
+    try:
+        optimizer.load_state_dict(ckpt["optimizer"])
+    except (ValueError, KeyError) as exc:
+        raise UserError(f"--resume: the optimizer state in {path} does not fit this run: {exc}") from exc
+    if scheduler is not None:
+        scheduler.load_state_dict(ckpt["lr_scheduler"])
+    if precision is not None:
+        precision.load_state_dict(ckpt.get("scaler", {}))

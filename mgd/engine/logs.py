@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
 import torch
 
@@ -28,13 +28,11 @@ def start_output_dir(output_dir: str, resume: bool, rank: int) -> None:
 
 class RunLog:
     """A JSON-lines file (one record per epoch and per event such as a matching update) and optional
-    TensorBoard scalars, written by rank 0 only. ``step_key`` names the record field used as the
-    TensorBoard step (records without it go to the file only)."""
+    TensorBoard scalars of the epoch records, written by rank 0 only."""
 
-    def __init__(self, output_dir: str, rank: int, tensorboard: bool = False, step_key: str = "epoch") -> None:
+    def __init__(self, output_dir: str, rank: int, tensorboard: bool = False) -> None:
         self.active = rank == 0
         self.path = os.path.join(output_dir, "log.jsonl")
-        self.step_key = step_key
         self.writer = None
         if self.active:
             os.makedirs(output_dir, exist_ok=True)
@@ -45,19 +43,19 @@ class RunLog:
                     raise UserError("--tensorboard needs the tensorboard package (pip install tensorboard)") from exc
                 self.writer = SummaryWriter(os.path.join(output_dir, "tb"))
 
-    def write(self, record: Dict[str, Any], scalars_prefix: Optional[str] = None) -> None:
-        """Append ``record`` (plain JSON types) with the time; numbers become TensorBoard scalars when the
-        record has the step key (or at the given step for events, under ``scalars_prefix/``)."""
+    def write(self, record: Dict[str, Any]) -> None:
+        """Append ``record`` (plain JSON types) with the time; the numbers of a record with an ``epoch``
+        become TensorBoard scalars at that epoch."""
         if not self.active:
             return
         record = {"time": round(time.time(), 3), **record}
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
-        step = record.get(self.step_key)
-        if self.writer is not None and isinstance(step, int):
+        epoch = record.get("epoch")
+        if self.writer is not None and isinstance(epoch, int):
             for k, v in record.items():
-                if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in (self.step_key, "time"):
-                    self.writer.add_scalar(f"{scalars_prefix}/{k}" if scalars_prefix else k, v, step)
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("epoch", "time"):
+                    self.writer.add_scalar(k, v, epoch)
             self.writer.flush()
 
     def close(self) -> None:

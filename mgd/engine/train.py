@@ -4,10 +4,11 @@ wrapped for DistributedDataParallel or DataParallel.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
-from typing import Any, Callable, Dict, Iterable, Tuple
+from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 
 import torch
 from torch import nn
@@ -15,10 +16,11 @@ from tqdm import tqdm
 
 from .. import distributed as mdist
 from ..base import Distiller, TrainableDistiller
+from .launch import UserError
 from .logs import Meter, RunLog
 from .precision import Precision
 
-__all__ = ["train_one_epoch", "prepare_if_due", "wrap_for_training", "DistillerStep", "mean_terms"]
+__all__ = ["train_one_epoch", "prepare_if_due", "wrap_for_training", "ReplicaStep", "mean_terms"]
 
 logger = logging.getLogger("mgd.engine")
 
@@ -60,7 +62,10 @@ def prepare_if_due(distiller: Distiller, epoch: int, make_loader: Callable[[int]
     if not distiller.prepare_due(epoch):
         return {}
     start = time.time()
-    distiller.prepare(make_loader(epoch), epoch=epoch)
+    try:
+        distiller.prepare(make_loader(epoch), epoch=epoch)
+    except ValueError as exc:  # the data or the configuration: an empty shard, a class without images, ...
+        raise UserError(f"the distiller's {distiller.prepare_name} before epoch {epoch} failed: {exc}") from exc
     agree = mdist.same_on_all_ranks(distiller.prepared_state()) if distiller.prepared_state() else True
     if not agree:
         raise RuntimeError(f"the processes disagree on the distiller's {distiller.prepare_name} after prepare")
@@ -73,32 +78,41 @@ def prepare_if_due(distiller: Distiller, epoch: int, make_loader: Callable[[int]
     return {f"{distiller.prepare_name}_seconds": seconds}
 
 
-class DistillerStep(nn.Module):
-    """A module whose forward is ``distiller.forward_train``, holding the whole distiller (teacher
-    included) as a submodule: what DataParallel replicates, each replica running its own copies."""
+class ReplicaStep(nn.Module):
+    """What DataParallel replicates: the whole module (a distiller with its teacher, or a model) as a
+    submodule, called through ``forward_train`` for a distiller, inside the run's autocast. (DataParallel's
+    worker threads inherit whether autocast is on but not its dtype: bfloat16 would silently become
+    float16 without a GradScaler.)"""
 
-    def __init__(self, distiller: Distiller) -> None:
+    def __init__(self, module: nn.Module, precision: Optional[Precision] = None) -> None:
         super().__init__()
-        self.distiller = distiller
+        self.module = module
+        self._precision = precision
+
+    def train(self, mode: bool = True) -> "ReplicaStep":
+        super().train(mode)
+        self.module.train(mode)  # a distiller keeps its teacher in eval mode
+        return self
 
     def forward(self, *args, **kwargs):
-        return self.distiller.forward_train(*args, **kwargs)
+        call = self.module.forward_train if isinstance(self.module, Distiller) else self.module
+        with self._precision.autocast() if self._precision is not None else contextlib.nullcontext():
+            return call(*args, **kwargs)
 
 
 def wrap_for_training(module: nn.Module, device: torch.device, distributed: bool, gpu: Any = None,
-                      data_parallel: bool = True) -> nn.Module:
+                      data_parallel: bool = True, precision: Optional[Precision] = None) -> nn.Module:
     """What the training step calls: DistributedDataParallel when distributed (for a distiller, around
     its trainable parts only: the frozen teacher is not wrapped), DataParallel over every visible GPU when
     there are several, no single GPU was asked for and ``data_parallel`` allows it, else the module itself.
-    A distiller is called through ``forward_train`` in every case."""
+    A distiller is called through ``forward_train`` in every case; ``precision`` is re-entered in each
+    DataParallel replica."""
     use_dp = data_parallel and device.type == "cuda" and torch.cuda.device_count() > 1 and gpu is None
+    if not distributed and use_dp:
+        return nn.DataParallel(ReplicaStep(module, precision))
     if isinstance(module, Distiller):
-        if not distributed and use_dp:
-            return nn.DataParallel(DistillerStep(module))
         module = TrainableDistiller(module)
-        if not distributed:
-            return module
     if distributed:
         return nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda"
                                                    else None)
-    return nn.DataParallel(module) if use_dp else module
+    return module

@@ -195,3 +195,22 @@ def test_mgd_one_epoch_with_amp(dtype, image_folder, teacher_weights, tmp_path):
     assert ckpt["args"]["amp"] and ckpt["args"]["amp_dtype"] == dtype
     assert bool(ckpt["scaler"]) == (dtype == "float16")  # the GradScaler's state, for exact resume
     assert all(torch.isfinite(v).all() for v in ckpt["student"].values() if v.is_floating_point())
+
+
+def test_resuming_with_other_method_options_is_one_line_and_exit_2(image_folder, teacher_weights, tmp_path):
+    out = tmp_path / "first"
+    run("main_mgd.py", *mgd_args(image_folder, out, teacher_weights))
+    other_teacher = tmp_path / "t32.pth"
+    torch.save(build_model("cifar_resnet8_w32", 3).state_dict(), other_teacher)
+    for expect, swap in (("does not fit this run", {"--mgd-reducer": "sm"}),  # other guided-index sizes
+                         ("distilled from cifar_resnet8_w16, not from cifar_resnet8_w32",
+                          {"--teacher-arch": "cifar_resnet8_w32", "--teacher-resume": other_teacher})):
+        argv = mgd_args(image_folder, tmp_path / "again", teacher_weights, epochs=2) + ["--resume", out / "last.pth"]
+        for flag, value in swap.items():
+            if flag in argv:
+                argv[argv.index(flag) + 1] = value
+            else:
+                argv += [flag, value]
+        proc = run("main_mgd.py", *argv, check=False)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and expect in lines[0], proc.stderr

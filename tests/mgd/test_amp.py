@@ -48,14 +48,16 @@ def test_every_loss_in_float32_on_the_same_half_precision_input(name, dtype, mon
     with torch.autocast("cpu", dtype=dtype):
         _, losses = d.forward_train(x, y)
     assert set(losses) == set(reference)
-    for k, v in losses.items():
+    for k, v in losses.items():  # within 1 % is the requirement; in fact within 1e-4
         assert v.dtype == torch.float32 and torch.isfinite(v), (k, v)
-        assert v.item() == pytest.approx(reference[k].item(), rel=1e-2), k
         assert v.item() == pytest.approx(reference[k].item(), rel=1e-4), k
     sum(losses.values()).backward()
-    student = (half[2] or []) + [half[3]]  # features (None for logit methods) and output
-    grads = [t.grad for t in student if t.grad is not None]
-    assert grads and all(g.dtype == dtype for g in grads)  # the student's gradient in the student's dtype
+    sum(reference.values()).backward()
+    student = [(h, e) for h, e in zip((half[2] or []) + [half[3]], (exact[2] or []) + [exact[3]]) if h.grad is not None]
+    assert student  # features (None for logit methods) and output
+    for h, e in student:  # the float32 gradient, rounded once to the student's dtype
+        assert h.grad.dtype == dtype and torch.isfinite(h.grad).all()
+        torch.testing.assert_close(h.grad.float(), e.grad.to(dtype).float(), rtol=0, atol=1e-6 * float(e.grad.abs().max()))
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

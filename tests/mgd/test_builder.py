@@ -37,7 +37,9 @@ def test_original_api_verbatim_with_protocol_models():
     assert [g.shape[0] for g in d_net.guided_inds] == [256, 512, 1024, 2048]  # g*sc = tc here (g = 4)
     for inds, tc in zip(d_net.guided_inds, [256, 512, 1024, 2048]):
         assert sorted(inds.tolist()) == list(range(tc))
-    assert loss_distill.item() > 0
+    _, contract = d_net.forward_train(x)  # the same computation, normalised per image and by the loss factor
+    assert contract["distill"].item() == pytest.approx(loss_distill.item() / 8 / 1e4, rel=1e-6)
+    assert contract["kd"].item() == pytest.approx(loss_kd.item(), rel=1e-6)
     with torch.no_grad():
         t_out = t_net(x)
     expected_kd = F.kl_div(F.log_softmax(s_out / 1.5, 1), F.softmax(t_out / 1.5, 1), reduction="batchmean") * 2.25

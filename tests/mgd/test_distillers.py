@@ -7,6 +7,7 @@ from torch import nn
 
 import mgd
 from mgd.distillers import OFDistiller, build_distiller, distiller_options, option_default
+from mgd.engine import wrap_for_training
 
 from tiny_models import randomize_bn, tiny_resnet
 
@@ -53,8 +54,11 @@ def test_contract_with_default_options_on_torchvision_classifiers(name):
         d.prepare([(x, y)], epoch=0)
         assert not d.prepare_due(0)
         assert all(t.numel() for t in d.prepared_state())
-    d.train()
-    logits, losses = d.forward_train(x, y)
+    step = wrap_for_training(d, torch.device("cpu"), distributed=False)
+    teacher.train()  # whatever mode the teacher was left in, training the wrapper puts it back in eval
+    step.train()
+    assert not teacher.training and student.training
+    logits, losses = step(x, y)
     assert logits.shape == (CLASSES, CLASSES) and set(losses) == terms
     assert all(v.dim() == 0 and v.dtype == torch.float32 and torch.isfinite(v) and v > 0 for v in losses.values())
     (d.task_weight * nn.functional.cross_entropy(logits, y) + sum(losses.values())).backward()
@@ -167,3 +171,33 @@ def test_nd_distiller_needs_class_means_and_labels():
     assert set(losses) == {"kd", "nd"} and d.task_weight == pytest.approx(0.1)
     with pytest.raises(ValueError, match="labels"):
         d.forward_train(x)
+
+
+@pytest.mark.parametrize("name", ["mgd", "ofd", "at"])
+def test_mobilenet_v2_students_skip_the_stage_of_another_resolution_by_default(name):
+    torch.manual_seed(0)
+    teacher = randomize_bn(torchvision.models.resnet50(num_classes=CLASSES))
+    student = torchvision.models.mobilenet_v2(num_classes=CLASSES)
+    d = build_distiller(name, teacher, student)
+    assert d.ignore_inds == [0] and d.stages == [1, 2, 3]
+    x, y = batch()
+    if d.prepare_due(0):
+        d.prepare([x])
+    logits, losses = d.forward_train(x, y)
+    assert logits.shape == (CLASSES, CLASSES) and all(torch.isfinite(v) for v in losses.values())
+    d.close()
+    everything = build_distiller(name, teacher, student, ignore_inds=[])
+    with pytest.raises(ValueError, match="spatial"):  # stage 0 really does not fit: 16x16 against 32x32
+        everything.prepare([x]) if everything.prepare_due(0) else everything.forward_train(x, y)
+
+
+def test_a_constructor_that_fails_leaves_no_hooks_behind():
+    teacher, student = torchvision_pair()
+    for name, options in (("ofd", {"stage_weights": [1.0]}), ("mgd", {"ignore_inds": [0, 1, 2, 3]}),
+                          ("mgd", {"reducer": "avg"}), ("at", {"ignore_inds": [7]})):
+        with pytest.raises(ValueError):
+            build_distiller(name, teacher, student, **options)
+        assert hooks_of(teacher) == 0 and hooks_of(student) == 0, (name, options)
+    with pytest.raises(ValueError, match="student has 256 channels"):
+        build_distiller("mgd", student, teacher)  # a teacher narrower than its student
+    assert hooks_of(teacher) == 0 and hooks_of(student) == 0

@@ -79,4 +79,17 @@ def test_any_pair_by_naming_layers_with_channels_read_from_modules():
     x = torch.randn(4, 3, 8, 8)
     mgd.mgd_update([x], d)
     _, loss = d(x)
-    assert loss.item() > 0
+    # by hand: the stage features are the BN outputs; amp keeps the larger-magnitude one of the 2 teachers
+    with torch.no_grad():
+        t1 = teacher[1](teacher[0](x))
+        t2 = teacher[4](teacher[3](teacher[2](t1)))
+    s1 = student[1](student[0](x))
+    s2 = student[4](student[3](student[2](s1)))
+    expected = 0.0
+    for i, (t, s, w) in enumerate(((t1, s1, 0.5), (t2, s2, 1.0))):
+        inds, sc = d.guided_inds[i], d.s_channels[i]
+        pair = torch.stack([t[:, inds[:sc]], t[:, inds[sc:]]], 2)
+        picked = pair.gather(2, pair.abs().argmax(2, keepdim=True)).squeeze(2)
+        margin = torch.stack([d.margins[i][inds[:sc]], d.margins[i][inds[sc:]]]).mean(0)
+        expected = expected + w * mgd.distillation_loss(d.BNs[i](s), picked, margin)
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-4)

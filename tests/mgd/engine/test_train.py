@@ -8,7 +8,8 @@ from torch import nn
 
 import mgd
 from mgd.base import TrainableDistiller
-from mgd.engine import Meter, Precision, RunLog, prepare_if_due, train_one_epoch, wrap_for_training
+from mgd.engine import (Meter, Precision, ReplicaStep, RunLog, UserError, prepare_if_due, train_one_epoch,
+                        wrap_for_training)
 
 from tiny_models import randomize_bn, tiny_resnet
 
@@ -96,3 +97,27 @@ def test_wrappers_call_forward_train_and_hold_no_teacher():
     assert logits.shape == (2, 10) and set(losses) == {"kd"}
     plain = nn.Linear(2, 2)
     assert wrap_for_training(plain, torch.device("cpu"), distributed=False) is plain
+
+
+def test_a_failing_prepare_is_a_user_error_naming_the_epoch(tmp_path):
+    torch.manual_seed(0)
+    nd = mgd.build_distiller("nd", randomize_bn(tiny_resnet(True)), tiny_resnet(False))
+    loader = [(torch.randn(2, 3, 32, 32), torch.tensor([0, 1]))]  # 8 of the 10 classes have no image
+    with pytest.raises(UserError, match="class_means before epoch 3 failed: no training image of class"):
+        prepare_if_due(nd, 3, lambda epoch: loader, RunLog(str(tmp_path), rank=0))
+
+
+def test_data_parallel_replicas_re_enter_the_runs_autocast_and_keep_the_teacher_in_eval():
+    """DataParallel's threads inherit whether autocast is on, not its dtype: the replica step re-enters it."""
+    linear = nn.Linear(2, 2)
+    step = ReplicaStep(linear, Precision(True, "bfloat16", torch.device("cpu")))
+    with torch.autocast("cpu", dtype=torch.float16):  # what a worker thread would see
+        assert step(torch.ones(1, 2)).dtype == torch.bfloat16
+    torch.manual_seed(0)
+    d = mgd.build_distiller("kd", randomize_bn(tiny_resnet(True)), tiny_resnet(False))
+    replica = ReplicaStep(d)
+    d.t_net.train()
+    replica.train()
+    assert not d.t_net.training and d.s_net.training
+    logits, losses = replica(torch.randn(2, 3, 32, 32))
+    assert logits.shape == (2, 10) and set(losses) == {"kd"}
