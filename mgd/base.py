@@ -57,6 +57,7 @@ class Distiller(nn.Module):
 
     task_weight: float = 1.0
     needs_features: bool = True
+    preReLU: bool = True  # stage features as captured (pre-ReLU); MGD's preReLU=False applies a ReLU
     prepare_name: str = "prepare"
     _NETWORK_PREFIXES = ("t_net.", "s_net.")
 
@@ -207,8 +208,8 @@ class Distiller(nn.Module):
         gradients. Features are None when the method needs none."""
         if self.needs_features:
             with torch.no_grad():
-                t_feats, t_out = self._t_src(self.t_net, images, True)
-            s_feats, s_out = self._s_src(self.s_net, images, True)
+                t_feats, t_out = self._t_src(self.t_net, images, self.preReLU)
+            s_feats, s_out = self._s_src(self.s_net, images, self.preReLU)
             return t_feats, t_out, s_feats, s_out
         with torch.no_grad():
             t_out = self.t_net(images)

@@ -355,11 +355,8 @@ class MGDistiller(PartialL2Distiller):
         return loss
 
     def run_networks(self, images: torch.Tensor) -> Tuple[Any, Any, Any, Any]:
-        self._check_matched()
-        with torch.no_grad():
-            t_feats, t_out = self._t_src(self.t_net, images, self.preReLU)
-        s_feats, s_out = self._s_src(self.s_net, images, self.preReLU)
-        return t_feats, t_out, s_feats, s_out
+        self._check_matched()  # before the forward, not after it
+        return super().run_networks(images)
 
     def losses(self, s_feats, t_feats, s_out, t_out, target) -> Dict[str, torch.Tensor]:
         batch = s_feats[self.stages[0]].shape[0]
@@ -376,8 +373,7 @@ class MGDistiller(PartialL2Distiller):
         t_feats, t_out, s_feats, s_out = self.run_networks(x)
         loss_distill = self.distill_loss(s_feats, t_feats)
         if self.with_kd:
-            with float32_region(x.device):
-                return s_out, [loss_distill, kd_loss(s_out, t_out, self.T)]
+            return s_out, [loss_distill, kd_loss(s_out, t_out, self.T)]  # kd_loss computes in float32
         if self.det:
             s_out["loss_distill"] = loss_distill
         return s_out, loss_distill

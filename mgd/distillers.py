@@ -237,24 +237,28 @@ def build_distiller(name: str, t_net: nn.Module, s_net: nn.Module, **options) ->
     return DISTILLERS[name](t_net, s_net, **options)
 
 
-def option_default(name: str, option: str) -> Any:
-    """The default of ``option`` for the distiller called ``name`` (None when it has no such option)."""
-    for cls in DISTILLERS[name].__mro__:
-        if "__init__" in vars(cls):
-            param = inspect.signature(cls.__init__).parameters.get(option)
-            if param is not None and param.default is not param.empty:
-                return param.default
-    return None
-
-
-def distiller_options(name: str) -> Set[str]:
-    """The keyword options the distiller called ``name`` accepts (following ``**kwargs`` up its bases)."""
-    options: Set[str] = set()
+def _init_parameters(name: str) -> Dict[str, inspect.Parameter]:
+    """The keyword parameters of the distiller called ``name``, following ``**kwargs`` up its bases (the
+    most derived definition of a name wins)."""
+    found: Dict[str, inspect.Parameter] = {}
     for cls in DISTILLERS[name].__mro__:
         if "__init__" not in vars(cls) or cls in (nn.Module, object):
             continue
         params = list(inspect.signature(cls.__init__).parameters.values())[3:]  # self, teacher, student
-        options |= {p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+        for p in params:
+            if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+                found.setdefault(p.name, p)
         if not any(p.kind == p.VAR_KEYWORD for p in params):
             break
-    return options
+    return found
+
+
+def option_default(name: str, option: str) -> Any:
+    """The default of ``option`` for the distiller called ``name`` (None when it has no such option)."""
+    param = _init_parameters(name).get(option)
+    return None if param is None or param.default is param.empty else param.default
+
+
+def distiller_options(name: str) -> Set[str]:
+    """The keyword options the distiller called ``name`` accepts (following ``**kwargs`` up its bases)."""
+    return set(_init_parameters(name))
