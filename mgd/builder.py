@@ -20,7 +20,7 @@ Two ways to call it, the same computation:
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -70,6 +70,14 @@ def _sync_matched_flag(module: "MGDistiller", keys) -> None:
     module._matched = int(module.num_updates) > 0
 
 
+def _check_before_load(module: "MGDistiller", state_dict: Mapping[str, Any], prefix: str, local_metadata: Any,
+                       strict: bool, missing_keys: list, unexpected_keys: list, error_msgs: list) -> None:
+    """load_state_dict pre-hook: refuse a state saved with other stages or networks before anything is copied
+    (it would load and the first forward would fail with "INDICES element is out of DATA bounds"). The norm
+    layers' presence is compared only in strict loads (``load_own_state_dict`` checks it itself)."""
+    module.check_state_fits(state_dict, prefix, layout=strict)
+
+
 class MGDistiller(PartialL2Distiller):
     """Matching Guided Distillation between a teacher and a student network.
 
@@ -107,6 +115,10 @@ class MGDistiller(PartialL2Distiller):
         update_epochs: instead, the epochs (0-based) before which to re-solve, e.g. the log-spaced list of
             the original's unsupervised code; the matching is always solved before the first epoch.
         update_images: images tracked per :meth:`prepare`, over all processes (the original: about 20000).
+        track_in_autocast: run the tracking pass of :meth:`prepare` / :func:`mgd_update` under the caller's
+            ``torch.autocast`` when one is enabled. Default False: the pass runs in float32 whatever the
+            caller's autocast, since half-precision features pick other channels (three of four stages of
+            ResNet-50 -> MobileNetV2 differed under autocast), so the matching does not depend on ``--amp``.
     """
 
     prepare_name = "matching"
@@ -129,7 +141,8 @@ class MGDistiller(PartialL2Distiller):
                  loss_factor: float = 1e4,
                  update_freq: int = 2,
                  update_epochs: Optional[Sequence[int]] = None,
-                 update_images: Optional[int] = DEFAULT_UPDATE_IMAGES) -> None:
+                 update_images: Optional[int] = DEFAULT_UPDATE_IMAGES,
+                 track_in_autocast: bool = False) -> None:
         if solver not in SOLVERS:
             raise ValueError(f"unknown solver {solver!r}; valid solvers: {', '.join(SOLVERS)}")
         self.reducer_name = reducer
@@ -155,6 +168,7 @@ class MGDistiller(PartialL2Distiller):
         self.update_freq = int(update_freq)
         self.update_epochs = None if update_epochs is None else sorted({int(e) for e in update_epochs})
         self.update_images = None if update_images is None else int(update_images)
+        self.track_in_autocast = bool(track_in_autocast)
 
         n = len(self.t_channels)
         for i in self.stages:
@@ -178,6 +192,7 @@ class MGDistiller(PartialL2Distiller):
         self.register_buffer("prepared_epoch", torch.full((), -1, dtype=torch.long))
         self._last_reports: list = []
         self._matched = False  # mirrors num_updates > 0 on the Python side (no device sync per step)
+        self.register_load_state_dict_pre_hook(_check_before_load)
         self.register_load_state_dict_post_hook(_sync_matched_flag)
         self.init_flow()
         self.train(self.training)
@@ -229,6 +244,74 @@ class MGDistiller(PartialL2Distiller):
     def load_matching_state_dict(self, state: dict) -> None:
         """Inverse of :meth:`matching_state_dict`; every non-network key must be present."""
         self.load_own_state_dict(state)
+
+    def load_own_state_dict(self, state: Dict[str, torch.Tensor]) -> None:
+        """Inverse of :meth:`own_state_dict`; RuntimeError naming the stage when ``state`` was saved with
+        other ignored stages, stage weights, reducer or networks (see :meth:`check_state_fits`)."""
+        self.check_state_fits(state)
+        super().load_own_state_dict(state)
+
+    def check_state_fits(self, state: Mapping[str, Any], prefix: str = "", layout: bool = True) -> None:
+        """RuntimeError whose first line names the first stage where ``state`` (its keys under ``prefix``)
+        does not fit this distiller: another number of guided indices or margins (other networks, reducer or
+        ignored stages), indices outside this teacher's channels, no matching for a stage this distiller
+        distils, and with ``layout`` a student norm layer where this distiller has none or the reverse.
+        Applications turn the first line into a one-line error, so it says everything by itself."""
+        updates = state.get(prefix + "num_updates")
+        matched = self._matched if not isinstance(updates, torch.Tensor) else int(updates) > 0
+        for i in range(len(self.t_channels)):
+            problem = (self._size_problem(i, state, prefix) or self._index_problem(i, state, prefix, matched)
+                       or (self._norm_problem(i, state, prefix) if layout else ""))
+            if problem:
+                raise RuntimeError(f"stage {i}: {problem}")
+
+    def _size_problem(self, i: int, state: Mapping[str, Any], prefix: str) -> str:
+        """Sizes first: torch's own size-mismatch error starts with a line that names neither stage nor sizes."""
+        tc, expected = self.t_channels[i], self.groups[i] * self.s_channels[i]
+        inds, margin = state.get(f"{prefix}guided_inds{i + 1}"), state.get(f"{prefix}margin{i + 1}")
+        loaded_tc = margin.numel() if isinstance(margin, torch.Tensor) else None
+        if isinstance(inds, torch.Tensor) and inds.numel() != expected:
+            of = "" if loaded_tc is None else f" for {loaded_tc} teacher channels"
+            return (f"the loaded matching has {inds.numel()} guided indices{of}, this distiller expects {expected} "
+                    f"indices for {tc} teacher channels (saved with other ignore_inds, reducer or networks?)")
+        if loaded_tc is not None and loaded_tc != tc:
+            return (f"the loaded state has margins for {loaded_tc} teacher channels, this distiller's teacher has "
+                    f"{tc} channels at this stage (saved with other networks?)")
+        return ""
+
+    def _index_problem(self, i: int, state: Mapping[str, Any], prefix: str, matched: bool) -> str:
+        """A stage whose loss gathers teacher channels needs every index in [0, tc) once matched."""
+        if not matched or i not in self.stages or self.stage_weights[i] == 0:
+            return ""
+        tc, key = self.t_channels[i], f"guided_inds{i + 1}"
+        inds = state.get(prefix + key)
+        if not isinstance(inds, torch.Tensor):
+            if int(getattr(self, key).min()) >= 0:
+                return ""
+            return (f"the loaded state has a matching (num_updates > 0) but {key} is missing, and this distiller "
+                    "has no matching for this stage yet (a partial state?)")
+        low, high = int(inds.min()), int(inds.max())
+        if low >= 0 and high < tc:
+            return ""
+        if high < 0:
+            return (f"the loaded state has no matching for this stage (its {inds.numel()} guided indices are "
+                    f"unset: the stage was ignored when saved), this distiller distils it (ignore_inds "
+                    f"{self.ignore_inds}; saved with other ignore_inds?)")
+        return (f"the loaded matching has guided indices in [{low}, {high}], this distiller expects "
+                f"{inds.numel()} indices in [0, {tc - 1}] for {tc} teacher channels (saved with other networks?)")
+
+    def _norm_problem(self, i: int, state: Mapping[str, Any], prefix: str) -> str:
+        """A student norm layer saved for a stage this distiller does not train, or missing for one it does."""
+        has = bool(self.BNs[i].state_dict())
+        loaded = any(k.startswith(f"{prefix}BNs.{i}.") for k in state)
+        if has == loaded:
+            return ""
+        why = (f"ignore_inds {self.ignore_inds}, stage weight {self.stage_weights[i]:g}; saved with other "
+               "ignore_inds or stage_weights?")
+        if loaded:
+            return ("the loaded state has a student norm layer for this stage, this distiller does not distil it "
+                    f"({why})")
+        return f"the loaded state has no student norm layer for this stage, this distiller distils it ({why})"
 
     def teacher_features(self, forward: Callable[[], Any]) -> Tuple[List[torch.Tensor], Any]:
         """Stage features of the teacher captured while ``forward()`` runs (without gradients), and its

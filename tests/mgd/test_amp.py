@@ -1,9 +1,12 @@
 """Mixed precision: every distillation loss is computed and summed in float32 whatever the autocast dtype,
 and its gradient reaches the student in the student's dtype (CPU autocast, float16 and bfloat16)."""
+import inspect
+
 import pytest
 import torch
 
 import mgd
+import mgd.distillers
 from mgd.distillers import build_distiller
 from mgd.margin import distillation_loss
 
@@ -101,3 +104,50 @@ def test_summed_partial_l2_of_an_ordinary_stage_does_not_overflow_float16():
     assert student.grad.dtype == torch.float16 and torch.isfinite(student.grad).all()
     naive = ((student.detach() - torch.maximum(teacher, margin.half().view(1, -1, 1, 1))) ** 2).sum()
     assert not torch.isfinite(naive)  # what summing in float16 would have given
+
+
+def _small_conv_pair(track_in_autocast=None, name="mgd"):
+    """Two-stage conv nets (teacher 32-64, student 16-32 channels) with random BNs: under bfloat16 autocast
+    their features pick other channels (checked below), so the pair shows whether the pass runs in float32."""
+    def net(c1, c2, seed):
+        torch.manual_seed(seed)
+        return randomize_bn(torch.nn.Sequential(
+            torch.nn.Conv2d(3, c1, 3, padding=1), torch.nn.BatchNorm2d(c1), torch.nn.ReLU(),
+            torch.nn.Conv2d(c1, c2, 3, stride=2, padding=1), torch.nn.BatchNorm2d(c2), torch.nn.ReLU(),
+            torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(c2, 4)), seed)
+    options = {} if track_in_autocast is None else {"track_in_autocast": track_in_autocast}
+    return build_distiller(name, net(32, 64, 0), net(16, 32, 100), teacher_layers=["1", "4"],
+                           teacher_bns=["1", "4"], student_layers=["1", "4"], **options)
+
+
+def _indices_after_prepare(d, x, dtype=None):
+    if dtype is None:
+        d.prepare([x])
+    else:
+        with torch.autocast("cpu", dtype=dtype):
+            d.prepare([x])
+    return [g.clone() for g in d.guided_inds]
+
+
+def test_the_matching_pass_runs_in_float32_under_the_callers_autocast():
+    x = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    d = _small_conv_pair()
+    assert d.track_in_autocast is False
+    reference = _indices_after_prepare(d, x)
+    for a, b in zip(reference, _indices_after_prepare(d, x, torch.bfloat16)):
+        assert torch.equal(a, b)
+    kept = _small_conv_pair(track_in_autocast=True)  # the caller's autocast: bfloat16 features, other indices
+    in_bf16 = _indices_after_prepare(kept, x, torch.bfloat16)
+    assert [int((a != b).sum()) for a, b in zip(reference, in_bf16)] == [2, 14]
+    mgd.mgd_update([x], kept, track_in_autocast=False)  # the call's keyword overrides the distiller's setting
+    for a, b in zip(reference, kept.guided_inds):
+        assert torch.equal(a, b)
+
+
+def test_track_in_autocast_is_an_option_of_both_mgd_calls():
+    assert {"track_in_autocast"} <= mgd.distillers.distiller_options("mgd")
+    assert {"track_in_autocast"} <= mgd.distillers.distiller_options("sm")
+    assert mgd.distillers.option_default("mgd", "track_in_autocast") is False
+    param = inspect.signature(mgd.MGDistiller.__init__).parameters["track_in_autocast"]
+    assert param.kind is param.KEYWORD_ONLY and param.default is False
+    assert _small_conv_pair(track_in_autocast=True, name="sm").track_in_autocast is True

@@ -359,3 +359,105 @@ def test_max_images_must_be_a_count():
         mgd_update([_data()], d, max_images=0)
     mgd_update([_data()], d, max_images=8.0)
     assert int(d.num_updates) == 1
+
+
+def _conv_pair(teacher_widths=(32, 64), **kwargs):
+    """Two-stage conv nets (student 16-32 channels) named by layer: fast, and any widths."""
+    def net(c1, c2, seed):
+        torch.manual_seed(seed)
+        return randomize_bn(nn.Sequential(
+            nn.Conv2d(3, c1, 3, padding=1), nn.BatchNorm2d(c1), nn.ReLU(),
+            nn.Conv2d(c1, c2, 3, stride=2, padding=1), nn.BatchNorm2d(c2), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c2, 4)), seed)
+    return mgd.build_distiller("mgd", net(*teacher_widths, 0), net(16, 32, 100), teacher_layers=["1", "4"],
+                               teacher_bns=["1", "4"], student_layers=["1", "4"], **kwargs)
+
+
+def _matched(d):
+    d.prepare([torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))])
+    return d
+
+
+def _refusal(load):
+    """The first line of the RuntimeError ``load()`` raises (what the applications show)."""
+    with pytest.raises(RuntimeError) as info:
+        load()
+    return str(info.value).splitlines()[0]
+
+
+def test_a_state_saved_with_a_stage_ignored_is_refused_before_it_breaks_the_forward():
+    """With parameterless student norms nothing else tells the states apart: the unset indices of the ignored
+    stage used to load silently and the first forward failed with "INDICES element is out of DATA bounds"."""
+    norm = dict(student_norm=lambda c: nn.InstanceNorm2d(c))
+    saved = _matched(_conv_pair(ignore_inds=[0], **norm))
+    d = _matched(_conv_pair(ignore_inds=[], **norm))
+    before = [g.clone() for g in d.guided_inds]
+    expected = ("stage 0: the loaded state has no matching for this stage (its 32 guided indices are unset: the "
+                "stage was ignored when saved), this distiller distils it (ignore_inds []; saved with other "
+                "ignore_inds?)")
+    assert _refusal(lambda: d.load_own_state_dict(saved.own_state_dict())) == expected
+    assert _refusal(lambda: d.load_state_dict(saved.state_dict())) == expected
+    assert _refusal(lambda: d.load_state_dict(saved.state_dict(), strict=False)) == expected
+    assert all(torch.equal(a, b) for a, b in zip(before, d.guided_inds))  # refused before anything is copied
+    d.forward_train(torch.randn(2, 3, 16, 16))  # and still usable
+
+
+def test_a_state_of_other_networks_or_reducer_names_the_stage_and_the_sizes():
+    d = _conv_pair()
+    wider = _matched(_conv_pair(teacher_widths=(64, 64)))
+    assert _refusal(lambda: d.load_own_state_dict(wider.own_state_dict())) == (
+        "stage 0: the loaded matching has 64 guided indices for 64 teacher channels, this distiller expects 32 "
+        "indices for 32 teacher channels (saved with other ignore_inds, reducer or networks?)")
+    sparse = _matched(_conv_pair(reducer="sm"))
+    assert _refusal(lambda: d.load_state_dict(sparse.state_dict())) == (
+        "stage 0: the loaded matching has 16 guided indices for 32 teacher channels, this distiller expects 32 "
+        "indices for 32 teacher channels (saved with other ignore_inds, reducer or networks?)")
+    state = _matched(_conv_pair()).own_state_dict()
+    state["margin2"] = torch.zeros(48)
+    assert _refusal(lambda: d.load_own_state_dict(state)) == (
+        "stage 1: the loaded state has margins for 48 teacher channels, this distiller's teacher has 64 channels "
+        "at this stage (saved with other networks?)")
+    state = _matched(_conv_pair()).own_state_dict()
+    state["guided_inds2"] = state["guided_inds2"] + 1
+    assert _refusal(lambda: d.load_own_state_dict(state)) == (
+        "stage 1: the loaded matching has guided indices in [1, 64], this distiller expects 64 indices in [0, 63] "
+        "for 64 teacher channels (saved with other networks?)")
+
+
+def test_a_norm_layer_for_a_stage_this_distiller_ignores_is_refused_in_strict_loads():
+    saved = _matched(_conv_pair(ignore_inds=[]))
+    d = _conv_pair(ignore_inds=[0])
+    expected = ("stage 0: the loaded state has a student norm layer for this stage, this distiller does not "
+                "distil it (ignore_inds [0], stage weight 0.5; saved with other ignore_inds or stage_weights?)")
+    assert _refusal(lambda: d.load_own_state_dict(saved.own_state_dict())) == expected
+    assert _refusal(lambda: d.load_state_dict(saved.state_dict())) == expected
+    weighted = _conv_pair(ignore_inds=[], stage_weights=[0, 1])
+    assert _refusal(lambda: weighted.load_own_state_dict(saved.own_state_dict())) == (
+        "stage 0: the loaded state has a student norm layer for this stage, this distiller does not distil it "
+        "(ignore_inds [], stage weight 0; saved with other ignore_inds or stage_weights?)")
+    assert _refusal(lambda: saved.load_own_state_dict(weighted.own_state_dict())) == (
+        "stage 0: the loaded state has no student norm layer for this stage, this distiller distils it "
+        "(ignore_inds [], stage weight 0.5; saved with other ignore_inds or stage_weights?)")
+
+
+def test_a_distiller_inside_a_larger_model_checks_its_keys_under_its_prefix():
+    """The detection layout: a model holds both networks and the distiller (own_networks=False) and loads
+    checkpoints non-strictly; a state without distiller keys (pretrained weights) still loads."""
+    class Holder(nn.Module):
+        def __init__(self, **kwargs):
+            super().__init__()
+            d = _conv_pair(own_networks=False, **kwargs)
+            self.teacher, self.student, self.distiller = d.t_net, d.s_net, d
+
+    saved = Holder(ignore_inds=[0], student_norm=lambda c: nn.InstanceNorm2d(c))
+    _matched(saved.distiller)
+    model = Holder(student_norm=lambda c: nn.InstanceNorm2d(c))
+    assert _refusal(lambda: model.load_state_dict(saved.state_dict(), strict=False)).startswith(
+        "stage 0: the loaded state has no matching for this stage")
+    weights = {k: v for k, v in saved.state_dict().items() if not k.startswith("distiller.")}
+    result = model.load_state_dict(weights, strict=False)
+    assert result.unexpected_keys == [] and "distiller.guided_inds1" in result.missing_keys
+    assert torch.equal(model.student[0].weight, saved.student[0].weight)
+    same = Holder(ignore_inds=[0], student_norm=lambda c: nn.InstanceNorm2d(c))
+    same.load_state_dict(saved.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(same.distiller.guided_inds, saved.distiller.guided_inds))
