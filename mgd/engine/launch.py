@@ -1,14 +1,16 @@
 """How the applications run: processes (single, spawned DDP workers, torchrun), devices, seeds, and the
-command-line convention that a user error is one line on stderr and exit code 2.
+command line's conventions (:mod:`mgd.engine.errors`).
 
 Shared by cls/, unsup/ and any script built on mgd, so that no application imports another. ``launch`` and
 ``setup_process`` read these fields of an argparse namespace (see :func:`mgd.engine.args.add_launch_arguments`):
 ``multiprocessing_distributed``, ``nproc_per_node``, ``world_size``, ``rank``, ``dist_url`` ("auto" picks
-env:// under torchrun or a free local port), ``dist_backend``, ``gpu``, ``seed``, ``deterministic``.
+env:// under torchrun or a free local port), ``dist_backend``, ``dist_timeout`` (minutes), ``gpu``, ``seed``,
+``deterministic``. Spawned jobs are supervised by :mod:`mgd.engine.spawn`.
 """
 from __future__ import annotations
 
 import argparse
+import datetime
 import functools
 import logging
 import os
@@ -22,23 +24,25 @@ import torch
 import torch.distributed as dist
 
 from .. import distributed as mdist
+from .errors import EXIT_INTERRUPTED, EXIT_USER, UserError, ignore_sigint, user_message
+from .spawn import WORKER, end_worker, run_spawned
 
-__all__ = ["UserError", "run_cli", "launch", "worker_guard", "setup_process", "setup_logging", "seed_everything"]
-
-
-class UserError(Exception):
-    """A problem with the user's input: reported as one line, exit code 2, no traceback."""
+__all__ = ["UserError", "run_cli", "launch", "worker_guard", "setup_process", "setup_logging", "seed_everything",
+           "user_message"]
 
 
 def run_cli(main: Callable[[Optional[Sequence[str]]], Any], argv: Optional[Sequence[str]] = None) -> None:
+    """Run a script's ``main``: a UserError becomes "error: ..." and exit code 2, Ctrl-C "interrupted" and
+    exit code 130; programming errors keep their traceback."""
     try:
         main(argv)
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        print(f"error: {user_message(exc)}", file=sys.stderr)
+        sys.exit(EXIT_USER)
     except KeyboardInterrupt:
+        ignore_sigint()  # a second Ctrl-C must not interrupt the report with a traceback
         print("interrupted", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
 
 
 def _free_port() -> int:
@@ -46,6 +50,8 @@ def _free_port() -> int:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
+
+# ------------------------------------------------------------------------------------------------------ launch
 
 def launch(worker: Callable[[int, argparse.Namespace], None], args: argparse.Namespace) -> None:
     """Run ``worker(local_rank, args)``: spawned processes with --multiprocessing-distributed, one
@@ -62,11 +68,7 @@ def launch(worker: Callable[[int, argparse.Namespace], None], args: argparse.Nam
                 raise UserError("--dist-url is required with several nodes")
             args.dist_url = f"tcp://127.0.0.1:{_free_port()}"
         args.distributed = True
-        import torch.multiprocessing as mp
-        try:
-            mp.spawn(worker, args=(args,), nprocs=nprocs, join=True)
-        except mp.ProcessExitedException as exc:  # a worker reported a user error and exited with 2
-            sys.exit(exc.exit_code if exc.exit_code else 1)
+        run_spawned(worker, args, nprocs)
     elif torchrun or args.world_size > 1:
         args.distributed = True
         args.nprocs = 1
@@ -82,17 +84,18 @@ def launch(worker: Callable[[int, argparse.Namespace], None], args: argparse.Nam
 
 
 def worker_guard(fn: Callable[[int, argparse.Namespace], None]) -> Callable[[int, argparse.Namespace], None]:
-    """In a spawned worker, a UserError becomes one line on stderr and exit code 2. (functools.wraps keeps
-    the worker's name, so torch.multiprocessing can pickle it.)"""
+    """In a spawned worker, any error ends the process at once with its outcome reported to the parent
+    (:func:`launch`), which prints the job's one line: a UserError is that line, exit code 2. Ending at once
+    skips ``destroy_process_group``, which can block when a peer is gone. Elsewhere errors propagate (to
+    :func:`run_cli`). (functools.wraps keeps the worker's name, so torch.multiprocessing can pickle it.)"""
     @functools.wraps(fn)
     def wrapped(local_rank: int, args: argparse.Namespace) -> None:
         try:
             fn(local_rank, args)
-        except UserError as exc:
+        except BaseException as exc:
             if getattr(args, "multiprocessing_distributed", False):
-                print(f"error: {exc}", file=sys.stderr)
-                sys.stderr.flush()
-                os._exit(2)
+                WORKER.ending = True  # first statement: a late SIGINT must not raise inside this handler
+                end_worker(exc)
             raise
         finally:
             if mdist.is_distributed():
@@ -100,8 +103,11 @@ def worker_guard(fn: Callable[[int, argparse.Namespace], None]) -> Callable[[int
     return wrapped
 
 
+# --------------------------------------------------------------------------------------------- process set-up
+
 def setup_process(local_rank: int, args: argparse.Namespace) -> torch.device:
-    """Join the process group if distributed, pick the device, set threads and logging."""
+    """Join the process group if distributed, pick the device, set threads and logging. A collective that
+    waits longer than --dist-timeout minutes for another rank fails (rather than hanging for gloo's 30)."""
     if args.distributed:
         if args.dist_url == "env://":
             rank, world = int(os.environ.get("RANK", args.rank)), int(os.environ.get("WORLD_SIZE", args.world_size))
@@ -109,7 +115,9 @@ def setup_process(local_rank: int, args: argparse.Namespace) -> torch.device:
             rank = getattr(args, "node_rank", max(args.rank, 0)) * args.nprocs + local_rank
             world = args.world_size
         backend = args.dist_backend or mdist.default_backend()
-        dist.init_process_group(backend=backend, init_method=args.dist_url, world_size=world, rank=rank)
+        timeout = datetime.timedelta(minutes=getattr(args, "dist_timeout", None) or 30)
+        dist.init_process_group(backend=backend, init_method=args.dist_url, world_size=world, rank=rank,
+                                timeout=timeout)
         args.rank, args.world_size = rank, world
     else:
         args.rank, args.world_size = 0, 1
