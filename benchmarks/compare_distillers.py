@@ -73,7 +73,8 @@ def main(argv=None) -> None:
             slug = method.lower().replace(" ", "").replace("+", "-").replace("(", "").replace(")", "")
             out = os.path.join(args.results, f"{slug}-seed{seed}")
             args.seed = seed
-            argv_run = common(args) + schedule(args.epochs) + ["-a", STUDENT, "--output-dir", out] + extra
+            argv_run = common(args) + schedule(args.epochs) + ["-a", STUDENT, "--output-dir", out, "--overwrite"]
+            argv_run += extra
             queue.append((method, seed, script, argv_run, out))
     os.makedirs(args.results, exist_ok=True)
     results = {m: [] for m in args.methods}

@@ -17,13 +17,13 @@ import torch
 from torch.utils.data import Dataset, Subset
 from torchvision import datasets, transforms
 
-from mgd.engine import UserError
+from mgd.engine import SkipUnreadable, UserError
+from mgd.engine.data import IMG_EXTENSIONS, image_folder
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 FASHION_MEAN, FASHION_STD = (0.2860,) * 3, (0.3530,) * 3
 FASHION_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
                  "t10k-labels-idx1-ubyte"]
-IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
 def _transforms(input_size: int, mean, std, grayscale: bool):
@@ -96,12 +96,11 @@ def _image_folder(data: str, train_tf, valid_tf):
     for folder in (train_dir, valid_dir):
         if not _has_images(folder):
             raise UserError(f"no images in {folder}")
-    train = datasets.ImageFolder(train_dir, train_tf)
-    valid = datasets.ImageFolder(valid_dir, valid_tf)
+    train, valid = image_folder(train_dir, train_tf), image_folder(valid_dir, valid_tf)
     if valid.classes != train.classes:
         raise UserError(f"train/ has classes {train.classes[:5]}... but {os.path.basename(valid_dir)}/ has "
                         f"{valid.classes[:5]}...: the class folders must match")
-    track = datasets.ImageFolder(train_dir, valid_tf)
+    track = image_folder(train_dir, valid_tf)
     return train, valid, track, len(train.classes)
 
 
@@ -121,6 +120,8 @@ def build_datasets(args) -> Tuple[Dataset, Dataset, Dataset, int]:
     else:
         train_tf, valid_tf = _transforms(args.input_size, IMAGENET_MEAN, IMAGENET_STD, grayscale=False)
         train, valid, track, classes = _image_folder(args.data, train_tf, valid_tf)
+    if args.skip_bad_images:
+        train, valid, track = SkipUnreadable(train), SkipUnreadable(valid), SkipUnreadable(track)
     train_subset = _subset(train, args.train_subset)
     track = _subset(track, args.train_subset)  # same images as train: same indices
     return train_subset, _subset(valid, args.val_subset), track, classes

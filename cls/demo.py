@@ -99,7 +99,8 @@ def ensure_teacher(args) -> tuple:
           "(2 threads; cached for the next run)", flush=True)
     log = os.path.join(args.output, "teacher.log")
     proc = start("teacher", "main_base.py", common(args) + schedule(args.teacher_epochs) +
-                 ["-a", TEACHER, "--output-dir", teacher_dir, "--seed", "0"], 2, log)  # one teacher for all seeds
+                 ["-a", TEACHER, "--output-dir", teacher_dir, "--seed", "0", "--overwrite"], 2,
+                 log)  # one teacher for all seeds
     wait(proc, "teacher training", log)
     return teacher_dir, teacher_weights
 
@@ -132,8 +133,8 @@ def main(argv=None) -> None:
     for name, (script, extra) in runs.items():
         out = os.path.join(args.output, name.replace("+", "-"))
         log = os.path.join(args.output, f"{name.replace('+', '-')}.log")
-        procs[name] = (start(name, script, common(args) + schedule(args.epochs) + extra + ["--output-dir", out],
-                             1, log), log, out)
+        procs[name] = (start(name, script, common(args) + schedule(args.epochs) + extra +
+                             ["--output-dir", out, "--overwrite"], 1, log), log, out)
     for name, (proc, log, _) in procs.items():
         wait(proc, name, log)
 

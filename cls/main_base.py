@@ -13,8 +13,8 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 from torch import nn
 
-from cls.trainer import (build_student, build_teacher, check_arch, evaluate_models, fit, make_optimizer, resume,
-                         start_worker, teacher_arch)
+from cls.trainer import (build_student, build_teacher, check_arch, classifier, evaluate_models, fit, load_backbone,
+                         make_optimizer, resume, start_worker, teacher_arch)
 from cls.utils import accuracy, common_parser, finish_args, make_scheduler
 from mgd.engine import RunLog, UserError, launch, read_weights, run_cli, worker_guard, wrap_for_training
 
@@ -26,26 +26,6 @@ def get_parser():
     p.add_argument("--linear-eval", action="store_true", help="freeze everything but the final classifier "
                    "(BN statistics included): the linear evaluation of a pretrained backbone")
     return p
-
-
-def classifier(model: nn.Module):
-    """(state-dict prefix, layer) of the final linear classifier: ``fc`` or ``classifier``'s last Linear."""
-    if isinstance(getattr(model, "fc", None), nn.Linear):
-        return "fc.", model.fc
-    return "classifier.", [m for m in model.classifier.modules() if isinstance(m, nn.Linear)][-1]
-
-
-def load_pretrained_backbone(model: nn.Module, path: str) -> None:
-    """Every tensor but the classifier's, strictly; the classifier is re-initialised (N(0, 0.01), 0)."""
-    head, layer = classifier(model)
-    state = {k: v for k, v in read_weights(path, "--pretrained-backbone").items() if not k.startswith(head)}
-    result = model.load_state_dict(state, strict=False)
-    missing = [k for k in result.missing_keys if not k.startswith(head)]
-    if missing or result.unexpected_keys:
-        raise UserError(f"--pretrained-backbone: {path} does not fit {type(model).__name__} (missing {missing[:3]}, "
-                        f"unexpected {result.unexpected_keys[:3]})")
-    nn.init.normal_(layer.weight, 0.0, 0.01)
-    nn.init.zeros_(layer.bias)
 
 
 def freeze_all_but_classifier(model: nn.Module) -> None:
@@ -73,7 +53,8 @@ def worker(local_rank: int, args) -> None:
     device, precision, (train_set, valid_loader, _, num_classes) = start_worker(local_rank, args)
     model = build_student(args, num_classes)
     if args.pretrained_backbone:
-        load_pretrained_backbone(model, args.pretrained_backbone)
+        load_backbone(model, read_weights(args.pretrained_backbone, "--pretrained-backbone"), "--pretrained-backbone",
+                      args.pretrained_backbone)
     if args.linear_eval:
         freeze_all_but_classifier(model)
     if args.distributed and args.sync_bn:
@@ -81,7 +62,13 @@ def worker(local_rank: int, args) -> None:
     precision.prepare_model(model.to(device))
     optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], args)
     scheduler = make_scheduler(optimizer, args)
-    start_epoch, best = resume(args, model, optimizer, scheduler, precision)
+
+    def plain_run(ckpt) -> None:
+        if "method" in ckpt:
+            raise UserError(f"--resume: {args.resume} is a main_mgd.py checkpoint (distillation with "
+                            f"{ckpt['method']}): resume it with main_mgd.py, or start from its student with "
+                            "--student-resume")
+    start_epoch, best = resume(args, model, optimizer, scheduler, precision, plain_run)
     if args.evaluate:
         models = {}
         if args.teacher_resume:
@@ -104,11 +91,11 @@ def worker(local_rank: int, args) -> None:
 
 
 def main(argv=None) -> None:
-    args = finish_args(get_parser().parse_args(argv), tag=None)
+    args = get_parser().parse_args(argv)
     if args.teacher_resume:
         teacher_arch(args)
     check_args(args)
-    launch(worker, args)
+    launch(worker, finish_args(args, tag=None))
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from typing import Optional
 
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -81,11 +82,14 @@ def build_distiller(args, teacher: nn.Module, student: nn.Module) -> mgd.Distill
         raise UserError(f"cannot distil {args.teacher_arch} into {args.arch} with {args.distiller}: {exc}") from exc
 
 
+def reducer(args) -> Optional[str]:
+    """MGD's channel reducer for this run (the flag or the method's default); None for other methods."""
+    return distiller_options_from_args(args.distiller, args).get("reducer", option_default(args.distiller, "reducer"))
+
+
 def output_tag(args) -> str:
     """The method in the default output folder's name: the original's <distiller>.<reducer> for MGD."""
-    reducer = distiller_options_from_args(args.distiller, args).get("reducer",
-                                                                    option_default(args.distiller, "reducer"))
-    return ".".join([args.distiller] + ([reducer] if reducer else []))
+    return ".".join([args.distiller] + ([reducer(args)] if reducer(args) else []))
 
 
 @worker_guard
@@ -101,13 +105,15 @@ def worker(local_rank: int, args) -> None:
     optimizer = make_optimizer(distiller.get_learnable_parameters(), args)
     scheduler = make_scheduler(optimizer, args)
 
-    def same_run(ckpt) -> None:
-        if ckpt.get("method") != args.distiller or "distiller" not in ckpt:
-            raise UserError(f"--resume: {args.resume} is not a {args.distiller} checkpoint for {args.arch}")
-        if ckpt.get("teacher_arch") != args.teacher_arch:
-            raise UserError(f"--resume: {args.resume} was distilled from {ckpt.get('teacher_arch')}, not from "
-                            f"{args.teacher_arch} (--teacher-arch)")
-    start_epoch, best = resume(args, student, optimizer, scheduler, precision, same_run, distiller)
+    def distillation_run(ckpt) -> None:
+        if "method" not in ckpt or "distiller" not in ckpt:
+            raise UserError(f"--resume: {args.resume} is a main_base.py checkpoint (no distillation): pass it as "
+                            "--student-resume to start distilling from its weights")
+        if ckpt["method"] != args.distiller:
+            raise UserError(f"--resume: {args.resume} is not a {args.distiller} checkpoint but a {ckpt['method']} "
+                            f"one (--distiller {ckpt['method']})")
+    same = {"teacher_arch": args.teacher_arch, **({"mgd_reducer": reducer(args)} if reducer(args) else {})}
+    start_epoch, best = resume(args, student, optimizer, scheduler, precision, distillation_run, distiller, **same)
     if args.evaluate:
         evaluate_models({"teacher " + args.teacher_arch: teacher, "student " + args.arch: student}, valid_loader,
                         device, args.rank)
@@ -140,8 +146,7 @@ def worker(local_rank: int, args) -> None:
 
     fit(args=args, device=device, precision=precision, student=student, step=step, trainable=trainable,
         optimizer=optimizer, scheduler=scheduler, train_set=train_set, valid_loader=valid_loader,
-        extra_state=lambda: {"distiller": distiller.own_state_dict(), "method": args.distiller,
-                             "teacher_arch": args.teacher_arch},
+        extra_state=lambda: {"distiller": distiller.own_state_dict(), "method": args.distiller, **same},
         log=log, before_epoch=prepare, start_epoch=start_epoch, best_acc1=best)
 
 

@@ -11,18 +11,19 @@ import argparse
 import logging
 import os
 import time
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 from torch import nn
 
 from mgd.checkpoint import atomic_save
-from mgd.engine import (Precision, RunLog, UserError, epoch_loader, eval_loader, load_checkpoint, plain_args,
-                        restore_training_state, save_checkpoints, seed_everything, setup_process, start_output_dir,
-                        train_one_epoch)
+from mgd.distillers import classifier_layer
+from mgd.engine import (Precision, RunLog, UserError, epoch_loader, eval_loader, last_good_checkpoint,
+                        load_checkpoint, plain_args, read_weights, refuse_non_finite, resume_from, save_checkpoints,
+                        seed_everything, setup_process, start_output_dir, train_one_epoch)
 
 from . import data as cdata
-from .models import build_model, cached_weights_path, default_teacher, load_cached_pretrained
+from .models import build_model, cached_weights_path, default_teacher
 from .utils import evaluate, load_weights
 
 logger = logging.getLogger("cls")
@@ -49,26 +50,64 @@ def teacher_arch(args: argparse.Namespace) -> str:
     return args.teacher_arch
 
 
+def classifier(model: nn.Module) -> Tuple[str, nn.Linear]:
+    """(state-dict prefix, layer) of the final linear classifier (``fc``, ``classifier.1``, ...)."""
+    name = classifier_layer(model)
+    return name + ".", model.get_submodule(name)
+
+
+def load_backbone(model: nn.Module, state: Dict[str, torch.Tensor], what: str, path: str) -> None:
+    """Every tensor of ``state`` but the classifier's, strictly; the classifier is re-initialised
+    (N(0, 0.01), 0), as for a linear evaluation or fine-tuning on other classes."""
+    head, layer = classifier(model)
+    try:
+        result = model.load_state_dict({k: v for k, v in state.items() if not k.startswith(head)}, strict=False)
+    except RuntimeError as exc:  # shapes that differ
+        raise UserError(f"{what}: {path} does not fit {type(model).__name__} "
+                        f"({' '.join(str(exc).strip().splitlines()[:2])[:300]})") from None
+    missing = [k for k in result.missing_keys if not k.startswith(head)]
+    if missing or result.unexpected_keys:
+        raise UserError(f"{what}: {path} does not fit {type(model).__name__} (missing {missing[:3]}, "
+                        f"unexpected {result.unexpected_keys[:3]})")
+    nn.init.normal_(layer.weight, 0.0, 0.01)
+    nn.init.zeros_(layer.bias)
+
+
+def load_pretrained(args: argparse.Namespace, model: nn.Module, num_classes: int) -> None:
+    """--pretrained: torchvision's ImageNet weights from the local cache (never downloaded); on another class
+    count than ImageNet's 1000, everything but the classifier, which starts afresh."""
+    where = cached_weights_path(args.arch)
+    if where is None or not os.path.isfile(where):
+        raise UserError(f"--pretrained: no cached ImageNet weights for {args.arch}" +
+                        (f" (expected {where})" if where else " (torchvision has none)") +
+                        "; pass --student-resume PATH instead")
+    if num_classes == 1000:
+        load_weights(model, where, "--pretrained", num_classes)
+    else:
+        load_backbone(model, read_weights(where, "--pretrained"), "--pretrained", where)
+        logger.info("--pretrained: ImageNet weights of %s, classifier re-initialised for %d classes", args.arch,
+                    num_classes)
+
+
 def build_student(args: argparse.Namespace, num_classes: int) -> nn.Module:
     """The student/plain model, initialised from --student-resume or cached ImageNet weights if asked."""
     model = build_model(args.arch, num_classes)
     if args.student_resume:
         load_weights(model, args.student_resume, "--student-resume", num_classes)
     elif args.use_pretrained:
-        if not load_cached_pretrained(args.arch, model):
-            where = cached_weights_path(args.arch)
-            raise UserError(f"--use-pretrained/--pretrained: no cached ImageNet weights for {args.arch}"
-                            + (f" (expected {where})" if where else "") + "; pass --student-resume PATH instead")
+        load_pretrained(args, model, num_classes)
     return model
 
 
 def build_teacher(args: argparse.Namespace, num_classes: int) -> nn.Module:
     """The teacher from --teacher-resume, or torchvision's ImageNet weights if cached (never downloaded)."""
     teacher = build_model(teacher_arch(args), num_classes)
+    where = cached_weights_path(args.teacher_arch)
     if args.teacher_resume:
         load_weights(teacher, args.teacher_resume, "--teacher-resume", num_classes)
-    elif not (num_classes == 1000 and load_cached_pretrained(args.teacher_arch, teacher)):
-        where = cached_weights_path(args.teacher_arch)
+    elif num_classes == 1000 and where and os.path.isfile(where):
+        load_weights(teacher, where, "torchvision's cached ImageNet weights", num_classes)
+    else:
         hint = f" or put torchvision's weights at {where}" if where and num_classes == 1000 else ""
         raise UserError(f"no teacher weights: pass --teacher-resume PATH (train one with cls/main_base.py){hint}")
     return teacher
@@ -79,7 +118,7 @@ def start_worker(local_rank: int, args: argparse.Namespace):
     num classes)); the prepare set is the training images through the validation transforms."""
     device = setup_process(local_rank, args)
     if not args.evaluate:
-        start_output_dir(args.output_dir, bool(args.resume), args.rank)
+        start_output_dir(args.output_dir, bool(args.resume), args.rank, args.overwrite)
     train_set, valid_set, prepare_set, num_classes = cdata.build_datasets(args)
     args.per_process_batch = max(1, args.batch_size // args.world_size)
     if len(train_set) < args.world_size:
@@ -117,7 +156,7 @@ def fit(*, args: argparse.Namespace, device: torch.device, precision: Precision,
         loader = epoch_loader(train_set, args.per_process_batch, args.workers, epoch, args.seed or 0, args.rank,
                               args.world_size, device.type == "cuda")
         train_stats = train_one_epoch(step, loader, optimizer, precision, epoch, device, args.rank == 0,
-                                      args.print_freq)
+                                      args.print_freq, last_good_checkpoint(args.output_dir))
         scheduler.step()
         val = evaluate(student, valid_loader, device)
         record: Dict[str, Any] = {"epoch": epoch, "lr": lr, **{k if k.startswith("train_") else f"train_{k}": v
@@ -127,11 +166,14 @@ def fit(*, args: argparse.Namespace, device: torch.device, precision: Precision,
         best_acc1 = max(best_acc1, val["top1"])
         record["best_top1"] = best_acc1
         record["seconds"] = round(time.time() - start, 1)
+        extra = extra_state()
+        refuse_non_finite({"the student": student.state_dict(), "the distiller": extra.get("distiller", {})},
+                          epoch, args.output_dir, val_loss=val["loss"])  # on every rank: they stop together
         if args.rank == 0:
-            state = {"epoch": epoch + 1, "arch": args.arch, "student": student.state_dict(),
-                     "optimizer": optimizer.state_dict(), "lr_scheduler": scheduler.state_dict(),
-                     "scaler": precision.state_dict(), "best_acc1": best_acc1, "args": plain_args(args),
-                     **extra_state()}
+            state = {"epoch": epoch + 1, "arch": args.arch, "num_classes": classifier(student)[1].out_features,
+                     "student": student.state_dict(), "optimizer": optimizer.state_dict(),
+                     "lr_scheduler": scheduler.state_dict(), "scaler": precision.state_dict(),
+                     "best_acc1": best_acc1, "args": plain_args(args), **extra}
             save_checkpoints(state, args.output_dir, ["last.pth"] + (["best.pth"] if is_best else []))
             atomic_save(student.state_dict(), os.path.join(args.output_dir, "student.pth"))
         parts = "  ".join(f"{k} {v:.4f}" for k, v in train_stats.items() if k != "train_top1")
@@ -144,26 +186,21 @@ def fit(*, args: argparse.Namespace, device: torch.device, precision: Precision,
 
 
 def resume(args: argparse.Namespace, student: nn.Module, optimizer, scheduler, precision: Precision,
-           check: Optional[Callable[[Dict[str, Any]], None]] = None, distiller: Optional[nn.Module] = None
-           ) -> tuple:
+           check: Optional[Callable[[Dict[str, Any]], None]] = None, distiller: Optional[nn.Module] = None,
+           **same: Any) -> tuple:
     """Restore a --resume checkpoint of these scripts (student, optimizer, LR schedule, GradScaler, and the
     distiller's state when given): (start epoch, best top-1); without --resume, (--start-epoch, 0).
-    ``check(ckpt)`` raises UserError when the checkpoint belongs to another kind of run."""
+    ``check(ckpt)`` raises UserError when the checkpoint belongs to another kind of run; the architecture,
+    the class count and the settings in ``same`` must be those the checkpoint was written with."""
     if not args.resume:
         return args.start_epoch, 0.0
     ckpt = load_checkpoint(args.resume, ("student", "epoch", "optimizer", "lr_scheduler", "best_acc1"))
-    if ckpt.get("arch") != args.arch:
-        raise UserError(f"--resume: {args.resume} is a checkpoint for {ckpt.get('arch')}, not {args.arch}")
     if check is not None:
         check(ckpt)
-    try:
-        student.load_state_dict(ckpt["student"])
-    except RuntimeError as exc:
-        raise UserError(f"--resume: the student in {args.resume} does not fit {args.arch}: "
-                        f"{str(exc).splitlines()[0][:200]}") from exc
-    restore_training_state(ckpt, args.resume, optimizer, precision, scheduler, distiller)
-    logger.info("resumed from %s at epoch %d", args.resume, int(ckpt["epoch"]))
-    return int(ckpt["epoch"]), float(ckpt["best_acc1"])
+    start = resume_from(ckpt, args.resume, student, "student", optimizer, precision, scheduler, distiller,
+                        None if args.evaluate else args.epochs, arch=args.arch,
+                        num_classes=classifier(student)[1].out_features, **same)
+    return start, float(ckpt["best_acc1"])
 
 
 def make_optimizer(params, args: argparse.Namespace) -> torch.optim.Optimizer:

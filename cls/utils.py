@@ -12,7 +12,8 @@ from typing import Dict, List, Optional
 
 import torch
 
-from mgd.engine import Meter, UserError, add_launch_arguments, add_precision_arguments, read_weights
+from mgd.engine import (ArgumentParser, Meter, UserError, add_launch_arguments, add_precision_arguments,
+                        add_run_arguments, check_output_dir, read_weights)
 from mgd.engine.args import non_negative_float, non_negative_int, positive_float, positive_int
 
 logger = logging.getLogger("cls")
@@ -23,8 +24,7 @@ logger = logging.getLogger("cls")
 def common_parser(description: str, nesterov: int) -> argparse.ArgumentParser:
     """The original scripts' flags, with their meanings (so their README commands keep working), plus
     ours. ``nesterov``: the script's default (the original main_base.py: plain momentum; main_mgd.py: Nesterov)."""
-    p = argparse.ArgumentParser(description=description,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("data", metavar="DIR", help="DIR/train and DIR/valid (or DIR/val) image folders, "
                    "or the Fashion-MNIST folder with --dataset fashion-mnist")
     p.add_argument("--dataset", default="imagefolder", choices=["imagefolder", "fashion-mnist"])
@@ -32,7 +32,7 @@ def common_parser(description: str, nesterov: int) -> argparse.ArgumentParser:
     p.add_argument("-a", "--arch", default="resnet18", help="model (student) architecture")
     p.add_argument("-j", "--workers", default=4, type=non_negative_int, help="data loading workers per process "
                    "(the original: 32 per node)")
-    p.add_argument("--epochs", default=100, type=non_negative_int)
+    p.add_argument("--epochs", default=100, type=positive_int)
     p.add_argument("--start-epoch", default=0, type=non_negative_int, help="first epoch (overridden by --resume)")
     p.add_argument("-b", "--batch-size", default=256, type=positive_int, help="total batch size over all processes")
     p.add_argument("--lr", "--learning-rate", default=0.1, type=positive_float, dest="lr")
@@ -68,16 +68,17 @@ def common_parser(description: str, nesterov: int) -> argparse.ArgumentParser:
                    help="use a fixed random subset of N training images")
     p.add_argument("--val-subset", default=None, type=positive_int,
                    help="use a fixed random subset of N validation images")
-    p.add_argument("--output-dir", default=None, help="checkpoints and logs (default: output/<data>.<arch>...)")
-    p.add_argument("--tensorboard", action="store_true", help="write TensorBoard scalars to OUTPUT_DIR/tb")
+    add_run_arguments(p)
     return p
 
 
 def finish_args(args: argparse.Namespace, tag: Optional[str]) -> argparse.Namespace:
-    """Complete the arguments in the parent process (before any spawn)."""
+    """Complete and check the arguments in the parent process (before any spawn)."""
     if args.output_dir is None:
         name = os.path.basename(os.path.normpath(args.data)) or "data"
         args.output_dir = os.path.join("output", ".".join([name, args.arch] + ([tag] if tag else [])))
+    if not args.evaluate:
+        check_output_dir(args.output_dir, args.resume, args.overwrite)
     if args.pretrained:
         args.use_pretrained = 1
     if args.warmup:  # as the original: the warm-up epochs come on top, and the drops move with them

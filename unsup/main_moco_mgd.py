@@ -26,14 +26,14 @@ if __package__ in (None, ""):
 import torch
 import torchvision
 from torch import nn
-from torchvision import datasets
 
 import mgd
 from mgd.checkpoint import atomic_save, strip_prefix
-from mgd.engine import (Precision, RunLog, UserError, add_launch_arguments, add_precision_arguments, epoch_loader,
-                        launch, load_checkpoint, plain_args, prepare_if_due, restore_training_state, run_cli,
-                        save_checkpoints, seed_everything, setup_process, start_output_dir, train_one_epoch,
-                        worker_guard, wrap_for_training)
+from mgd.engine import (ArgumentParser, Precision, RunLog, SkipUnreadable, UserError, add_launch_arguments,
+                        add_precision_arguments, add_run_arguments, check_output_dir, epoch_loader, image_folder,
+                        last_good_checkpoint, launch, load_checkpoint, plain_args, prepare_if_due, refuse_non_finite,
+                        resume_from, run_cli, save_checkpoints, seed_everything, setup_process, start_output_dir,
+                        train_one_epoch, worker_guard, wrap_for_training)
 from mgd.engine.args import non_negative_float, non_negative_int, positive_float, positive_int
 from unsup.moco import MoCo, TwoCropsTransform, moco_augmentation
 
@@ -42,17 +42,21 @@ ARCHS = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
 #: The original's log-spaced update epochs: it re-solved after these (1-based) epochs, i.e. before these
 #: 0-based ones.
 DEFAULT_UPDATE_EPOCHS = [1, 2, 3, 6, 9, 15, 26, 43, 74, 126]
+#: Settings a resumed run must share with its checkpoint (the weights' shapes, the queue, the matching).
+RESUME_SAME = ("arch", "teacher_arch", "moco_dim", "moco_k", "mlp", "mgd_reducer")
+#: The checkpoint a run continues from.
+LAST = ("checkpoint_last.pth.tar",)
 #: Salt of the matching pass's permutation, so it does not repeat the training order of the same epoch.
 _PREPARE_SALT = 104729
 
 
 def get_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(description=__doc__.strip().splitlines()[0],
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("data", metavar="DIR", help="DIR/train with one folder per class (labels are not used)")
     p.add_argument("-a", "--arch", default="resnet18", choices=ARCHS, help="student backbone")
     p.add_argument("-j", "--workers", default=8, type=non_negative_int)
-    p.add_argument("--epochs", default=200, type=non_negative_int)
+    p.add_argument("--epochs", default=200, type=positive_int)
     p.add_argument("--start-epoch", default=0, type=non_negative_int)
     p.add_argument("-b", "--batch-size", default=256, type=positive_int, help="total over all processes")
     p.add_argument("--lr", "--learning-rate", default=0.03, type=positive_float, dest="lr")
@@ -80,8 +84,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--mgd-update-images", default=20000, type=positive_int,
                    help="images per update, over all processes")
     p.add_argument("--input-size", default=224, type=positive_int)
-    p.add_argument("--output-dir", default="output/moco_mgd")
-    p.add_argument("--tensorboard", action="store_true", help="write TensorBoard scalars to OUTPUT_DIR/tb")
+    add_run_arguments(p, default_output="output/moco_mgd")
     return p
 
 
@@ -136,10 +139,8 @@ def train_set(args):
     traindir = os.path.join(args.data, "train")
     if not os.path.isdir(traindir):
         raise UserError(f"{traindir} not found: DATA must contain train/ with one folder per class")
-    try:
-        return datasets.ImageFolder(traindir, TwoCropsTransform(moco_augmentation(args.input_size, args.aug_plus)))
-    except (FileNotFoundError, RuntimeError) as exc:
-        raise UserError(f"cannot read images from {traindir}: {exc}") from exc
+    images = image_folder(traindir, TwoCropsTransform(moco_augmentation(args.input_size, args.aug_plus)))
+    return SkipUnreadable(images) if args.skip_bad_images else images
 
 
 @worker_guard
@@ -152,7 +153,7 @@ def worker(local_rank: int, args) -> None:
         raise UserError(f"the training set ({len(dataset)} images) is smaller than one batch per process")
     if args.moco_k % (args.per_process_batch * args.world_size):
         raise UserError(f"--moco-k {args.moco_k} must be a multiple of the batch size {args.batch_size}")
-    start_output_dir(args.output_dir, bool(args.resume), args.rank)
+    start_output_dir(args.output_dir, bool(args.resume), args.rank, args.overwrite)
     logger.info("MoCo-v2 %s guided by %s on %s, %d process(es), %s", args.arch, args.teacher_arch, device,
                 args.world_size, precision.describe())
     teacher = load_teacher(args).to(device)
@@ -170,12 +171,8 @@ def worker(local_rank: int, args) -> None:
     start_epoch = args.start_epoch
     if args.resume:
         ckpt = load_checkpoint(args.resume, ("state_dict", "optimizer", "epoch", "distiller"))
-        if ckpt.get("arch") != args.arch:
-            raise UserError(f"--resume: {args.resume} is a checkpoint for {ckpt.get('arch')}, not {args.arch}")
-        moco.load_state_dict(ckpt["state_dict"])
-        restore_training_state(ckpt, args.resume, optimizer, precision, distiller=distiller)
-        start_epoch = int(ckpt["epoch"])
-        logger.info("resumed from %s at epoch %d", args.resume, start_epoch)
+        start_epoch = resume_from(ckpt, args.resume, moco, "state_dict", optimizer, precision, distiller=distiller,
+                                  epochs=args.epochs, **{k: getattr(args, k) for k in RESUME_SAME})
     trainable = wrap_for_training(model, device, args.distributed, data_parallel=False)  # MoCo needs DDP's ranks
     log = RunLog(args.output_dir, args.rank, args.tensorboard)
     criterion = nn.CrossEntropyLoss()
@@ -206,18 +203,21 @@ def worker(local_rank: int, args) -> None:
         trainable.train()
         loader = epoch_loader(dataset, args.per_process_batch, args.workers, epoch, args.seed or 0, args.rank,
                               args.world_size, device.type == "cuda", drop_last=True)  # MoCo's queue: equal batches
-        stats = train_one_epoch(step, loader, optimizer, precision, epoch, device, args.rank == 0, args.print_freq)
+        stats = train_one_epoch(step, loader, optimizer, precision, epoch, device, args.rank == 0, args.print_freq,
+                                last_good_checkpoint(args.output_dir, LAST))
         stats = {"epoch": epoch, "lr": lr, **{k: v for k, v in stats.items() if k != "loss"},
                  "matching_updates": int(distiller.num_updates), "seconds": round(time.time() - begin, 1)}
         logger.info("epoch %d/%d  contrastive %.4f  distill %.4f  instance top-1 %.2f  lr %.4g  matching updates %d"
                     "  %.0f s", epoch, args.epochs - 1, stats["loss_contrastive"], stats["loss_distill"],
                     stats["instance_top1"], lr, stats["matching_updates"], stats["seconds"])
         log.write(stats)
+        refuse_non_finite({"the MoCo model": moco.state_dict(), "the distiller": distiller.own_state_dict()},
+                          epoch, args.output_dir, LAST)  # on every rank: they stop together
         if args.rank == 0:
             state = {"epoch": epoch + 1, "arch": args.arch, "state_dict": moco.state_dict(),
                      "optimizer": optimizer.state_dict(), "distiller": distiller.own_state_dict(),
                      "scaler": precision.state_dict(), "args": plain_args(args)}
-            save_checkpoints(state, args.output_dir, [f"checkpoint_{epoch:04d}.pth.tar", "checkpoint_last.pth.tar"])
+            save_checkpoints(state, args.output_dir, [f"checkpoint_{epoch:04d}.pth.tar", *LAST])
             backbone = {k: v for k, v in moco.encoder_q.state_dict().items() if not k.startswith("fc.")}
             atomic_save(backbone, os.path.join(args.output_dir, "student_backbone.pth"))
     log.close()
@@ -229,6 +229,7 @@ def main(argv=None) -> None:
         raise UserError(f"data directory not found: {args.data}")
     if not os.path.isfile(args.teacher_resume):
         raise UserError(f"--teacher-resume: checkpoint not found: {args.teacher_resume}")
+    check_output_dir(args.output_dir, args.resume, args.overwrite)
     launch(worker, args)
 
 

@@ -24,7 +24,7 @@ from mgd.features import StageSpec
 from .cifar import CifarResNet, WideResNet
 from .mobilenet_v1 import MobileNetV1
 
-__all__ = ["build_model", "stage_specs", "default_teacher", "ARCH_NAMES", "load_cached_pretrained"]
+__all__ = ["build_model", "stage_specs", "default_teacher", "ARCH_NAMES", "cached_weights_path"]
 
 _TORCHVISION = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "wide_resnet50_2", "mobilenet_v2",
                 "shufflenet_v2_x0_5", "shufflenet_v2_x1_0", "shufflenet_v2_x1_5", "shufflenet_v2_x2_0"]
@@ -78,24 +78,6 @@ def default_teacher(arch: str) -> Optional[str]:
     if m:
         return f"wrn_{m.group(1)}_{int(m.group(2)) * 4}"
     return None
-
-
-def load_cached_pretrained(arch: str, model: nn.Module) -> bool:
-    """Load torchvision's ImageNet weights for ``arch`` if they are already in the local torch hub cache.
-
-    Never downloads. Returns False when the architecture has no torchvision weights or the file is not
-    cached; the caller tells the user how to provide weights.
-    """
-    arch = _canonical(arch)
-    if arch not in _TORCHVISION:
-        return False
-    weights = torchvision.models.get_model_weights(arch).DEFAULT
-    path = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights.url))
-    if not os.path.isfile(path):
-        return False
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    model.load_state_dict(state)
-    return True
 
 
 def cached_weights_path(arch: str) -> Optional[str]:

@@ -5,16 +5,23 @@ loaders, one training epoch and the distiller's prepare step.
 ``import mgd`` does not import this package (as detectron2.engine is apart from detectron2.modeling):
 the library stays free of argparse, printing and ``sys.exit``.
 """
-from .args import add_launch_arguments, add_precision_arguments
-from .checkpoints import load_checkpoint, plain_args, read_weights, restore_training_state, save_checkpoints
-from .data import epoch_loader, eval_loader, prepare_loader, shard
-from .launch import UserError, launch, run_cli, seed_everything, setup_logging, setup_process, worker_guard
-from .logs import Meter, RunLog, start_output_dir
+from .args import ArgumentParser, add_launch_arguments, add_precision_arguments, add_run_arguments
+from .checkpoints import (load_checkpoint, plain_args, read_weights, restore_training_state, resume_from,
+                          save_checkpoints)
+from .data import (SkipUnreadable, UnreadableImage, epoch_loader, eval_loader, image_folder, prepare_loader,
+                   read_rgb_image, shard)
+from .errors import UserError
+from .launch import launch, run_cli, seed_everything, setup_logging, setup_process, worker_guard
+from .logs import Meter, RunLog
 from .precision import Precision
+from .rundir import Diverged, check_output_dir, last_good_checkpoint, refuse_non_finite, start_output_dir
 from .train import ReplicaStep, mean_terms, prepare_if_due, train_one_epoch, wrap_for_training
 
 __all__ = ["UserError", "launch", "run_cli", "worker_guard", "setup_process", "setup_logging", "seed_everything",
-           "add_launch_arguments", "add_precision_arguments", "Precision", "RunLog", "Meter", "start_output_dir",
-           "save_checkpoints", "load_checkpoint", "read_weights", "plain_args", "shard", "epoch_loader",
-           "eval_loader", "prepare_loader", "train_one_epoch", "prepare_if_due", "wrap_for_training",
-           "ReplicaStep", "mean_terms", "restore_training_state"]
+           "ArgumentParser", "add_launch_arguments", "add_precision_arguments", "add_run_arguments", "Precision",
+           "RunLog", "Meter", "check_output_dir", "start_output_dir", "Diverged", "refuse_non_finite",
+           "last_good_checkpoint", "save_checkpoints", "load_checkpoint", "read_weights", "plain_args", "shard",
+           "epoch_loader", "eval_loader", "prepare_loader", "read_rgb_image", "image_folder", "UnreadableImage",
+           "SkipUnreadable",
+           "train_one_epoch", "prepare_if_due", "wrap_for_training", "ReplicaStep", "mean_terms",
+           "restore_training_state", "resume_from"]

@@ -3,9 +3,10 @@ references and the original MGD scripts give them."""
 from __future__ import annotations
 
 import argparse
+from typing import Optional
 
-__all__ = ["add_launch_arguments", "add_precision_arguments", "distiller_options_from_args", "positive_int",
-           "positive_float", "non_negative_int", "non_negative_float"]
+__all__ = ["ArgumentParser", "add_launch_arguments", "add_precision_arguments", "add_run_arguments",
+           "distiller_options_from_args", "positive_int", "positive_float", "non_negative_int", "non_negative_float"]
 
 
 def _number(kind, test, what):
@@ -42,6 +43,9 @@ def add_launch_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nproc-per-node", default=None, type=positive_int,
                    help="processes per node (default: the GPU count, or 1)")
     p.add_argument("--deterministic", action="store_true", help="deterministic algorithms (slower)")
+    p.add_argument("--dist-timeout", default=30.0, type=positive_float, metavar="MINUTES",
+                   help="a collective (or the rendezvous) that waits longer than this for another process fails "
+                   "and stops the job, instead of hanging (default: 30, gloo's and NCCL's own)")
 
 
 def add_precision_arguments(p: argparse.ArgumentParser) -> None:
@@ -85,3 +89,22 @@ def distiller_options_from_args(name: str, args: argparse.Namespace, **given) ->
                 options[option] = value
                 break
     return options
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with the scripts' error convention: a bad flag is one line on stderr and exit code 2 (argparse
+    itself prints the whole usage first, which buries the one line that matters)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def add_run_arguments(p: argparse.ArgumentParser, default_output: Optional[str] = None) -> None:
+    """Where a run writes (checked before it starts, see :mod:`mgd.engine.rundir`) and how it reads images."""
+    p.add_argument("--output-dir", default=default_output, help="checkpoints and logs" +
+                   ("" if default_output else " (default: output/<data>.<arch>...)"))
+    p.add_argument("--overwrite", action="store_true", help="start afresh in an --output-dir that holds a previous "
+                   "run, deleting its checkpoints (without it, such a run is refused unless it is --resume'd)")
+    p.add_argument("--tensorboard", action="store_true", help="write TensorBoard scalars to OUTPUT_DIR/tb")
+    p.add_argument("--skip-bad-images", action="store_true", help="skip truncated or undecodable images with a "
+                   "warning naming each file (default: stop at the first one, naming it)")

@@ -1,19 +1,25 @@
 """Checkpoints of the training scripts: atomic writes, ``weights_only`` reads, one-line user errors."""
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any, Dict, Iterable, Optional, Sequence
 
 import torch
 
 from ..checkpoint import atomic_save, safe_load, strip_prefix
-from .launch import UserError
+from .errors import UserError
 
-__all__ = ["save_checkpoints", "load_checkpoint", "read_weights", "plain_args", "restore_training_state"]
+logger = logging.getLogger("mgd.engine")
+
+__all__ = ["save_checkpoints", "load_checkpoint", "read_weights", "plain_args", "restore_training_state",
+           "check_resume_matches", "check_epochs_left", "resume_from"]
 
 
 def save_checkpoints(state: Dict[str, Any], output_dir: str, names: Iterable[str]) -> None:
-    """Write ``state`` under each name in ``output_dir``, each atomically (a crash never leaves a torn file)."""
+    """Write ``state`` under each name in ``output_dir``, each atomically (a crash never leaves a torn file;
+    a Ctrl-C waits for the write to finish). The caller checks first that the model is finite
+    (:func:`mgd.engine.rundir.refuse_non_finite`)."""
     for name in names:
         atomic_save(state, os.path.join(output_dir, name))
 
@@ -48,13 +54,48 @@ def read_weights(path: str, what: str, keys: Sequence[str] = ("state_dict", "stu
     return strip_prefix(obj)
 
 
+_MISSING = object()
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [_plain(x) for x in value]
+    return value if isinstance(value, (str, int, float, bool)) or value is None else str(value)
+
+
 def plain_args(args: Any) -> Dict[str, Any]:
     """An argparse namespace as plain types (what torch.load(weights_only=True) accepts)."""
-    def plain(v):
-        if isinstance(v, (list, tuple)):
-            return [plain(x) for x in v]
-        return v if isinstance(v, (str, int, float, bool)) or v is None else str(v)
-    return {k: plain(v) for k, v in vars(args).items()}
+    return {k: _plain(v) for k, v in vars(args).items()}
+
+
+def _describe(key: str, value: Any) -> str:
+    if key == "num_classes":
+        return f"{value} classes"
+    if isinstance(value, bool):
+        return f"--{key.replace('_', '-')}" if value else f"no --{key.replace('_', '-')}"
+    shown = " ".join(map(str, value)) if isinstance(value, list) else value
+    return f"--{key.replace('_', '-')} {shown}"
+
+
+def check_resume_matches(ckpt: Dict[str, Any], path: str, **expected: Any) -> None:
+    """UserError when the checkpoint was written with another value of a setting that a resumed run cannot
+    change (the architecture, the class count, MoCo's queue length, ...): its weights or state would not fit,
+    or would fit and silently mean something else. A setting is looked up at the checkpoint's top level, then
+    in its recorded ``args``; one it does not record (an older checkpoint) is not compared."""
+    recorded_args = ckpt.get("args") if isinstance(ckpt.get("args"), dict) else {}
+    for key, value in expected.items():
+        recorded = ckpt[key] if key in ckpt else recorded_args.get(key, _MISSING)
+        if recorded is _MISSING or recorded == _plain(value):
+            continue
+        raise UserError(f"--resume: {path} was written with {_describe(key, recorded)}, this run has "
+                        f"{_describe(key, _plain(value))}: resume with the same setting, or start a new run")
+
+
+def check_epochs_left(start_epoch: int, epochs: int, path: str) -> None:
+    """UserError when a resumed run would train nothing (the checkpoint is at or past ``--epochs``)."""
+    if start_epoch >= epochs:
+        raise UserError(f"--resume: {path} has already trained {start_epoch} epochs and --epochs is {epochs}: "
+                        f"nothing left to train (raise --epochs to train longer)")
 
 
 def restore_training_state(ckpt: Dict[str, Any], path: str, optimizer: torch.optim.Optimizer,
@@ -78,3 +119,22 @@ def restore_training_state(ckpt: Dict[str, Any], path: str, optimizer: torch.opt
         scheduler.load_state_dict(ckpt["lr_scheduler"])
     if precision is not None:
         precision.load_state_dict(ckpt.get("scaler", {}))
+
+
+def resume_from(ckpt: Dict[str, Any], path: str, model: torch.nn.Module, model_key: str,
+                optimizer: torch.optim.Optimizer, precision: Optional[Any] = None, scheduler: Optional[Any] = None,
+                distiller: Optional[Any] = None, epochs: Optional[int] = None, **same: Any) -> int:
+    """Continue a run from ``ckpt`` (read from ``path``): check that it was written with the settings in
+    ``same`` and that epochs are left (``epochs``: None skips, as for an evaluation), load ``ckpt[model_key]``
+    into ``model`` and restore the training state. Returns the epoch to start from."""
+    check_resume_matches(ckpt, path, **same)
+    if epochs is not None:
+        check_epochs_left(int(ckpt["epoch"]), epochs, path)
+    try:
+        model.load_state_dict(ckpt[model_key])
+    except RuntimeError as exc:
+        raise UserError(f"--resume: the {model_key} in {path} does not fit this run: "
+                        f"{str(exc).splitlines()[0][:200]}") from exc
+    restore_training_state(ckpt, path, optimizer, precision, scheduler, distiller)
+    logger.info("resumed from %s at epoch %d", path, int(ckpt["epoch"]))
+    return int(ckpt["epoch"])

@@ -1,19 +1,119 @@
-"""Seeded, sharded data loaders for the training scripts.
+"""Seeded, sharded data loaders for the training scripts, and image files that fail to decode.
 
 Every permutation depends only on (seed, epoch, salt), never on the process count's history or on what ran
-before, so a run interrupted after epoch k and resumed sees exactly the batches an uninterrupted run sees.
+before, and every random augmentation of a training sample only on (seed, epoch, salt, sample index): not on
+the number of loader workers (``-j``) nor on which process reads it. A run interrupted after epoch k and
+resumed, with any ``-j``, sees exactly the batches an uninterrupted run sees.
 Each process reads its own shard: training shards are padded to equal length (as torch's
 DistributedSampler pads), so every process runs the same number of steps; evaluation shards are
 disjoint and unpadded, so metrics summed over processes are exact.
 """
 from __future__ import annotations
 
-from typing import List
+import logging
+import random
+from typing import Any, Callable, List, Optional, Sequence
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, Subset, default_collate
+from torchvision import datasets
+from torchvision.datasets.folder import IMG_EXTENSIONS
 
-__all__ = ["shard", "epoch_order", "epoch_loader", "eval_loader", "prepare_loader"]
+from .errors import UserError
+
+__all__ = ["shard", "epoch_order", "epoch_loader", "eval_loader", "prepare_loader", "SeededSamples",
+           "UnreadableImage", "read_rgb_image", "image_folder", "SkipUnreadable", "collate_readable"]
+
+logger = logging.getLogger("mgd.engine")
+
+
+class UnreadableImage(UserError):
+    """An image file that is truncated or cannot be decoded; the message names the file."""
+
+
+def read_rgb_image(path: str) -> Image.Image:
+    """torchvision's PIL loader (open, decode, convert to RGB) with an error that names the file: PIL's own
+    ("Truncated File Read", "image file is truncated") names nothing."""
+    try:
+        with open(path, "rb") as f:
+            return Image.open(f).convert("RGB")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UnreadableImage(f"cannot read image {path}: {reason} (--skip-bad-images skips such files with a "
+                              "warning)") from None
+
+
+def image_folder(root: str, transform: Optional[Callable] = None) -> datasets.ImageFolder:
+    """torchvision's ImageFolder whose image errors name the file (:func:`read_rgb_image`), and whose class
+    folder without images is a one-line UserError (torchvision raises FileNotFoundError)."""
+    try:
+        return datasets.ImageFolder(root, transform, loader=read_rgb_image)
+    except FileNotFoundError as exc:
+        empty = str(exc).split("for the classes ")[-1].split(". Supported")[0]
+        raise UserError(f"no images in the class folder(s) {empty} of {root} (image files end in "
+                        f"{', '.join(IMG_EXTENSIONS)})") from None
+
+
+class SkipUnreadable(Dataset):
+    """``dataset`` whose unreadable images (:class:`UnreadableImage`) become None with a warning naming the
+    file; :func:`collate_readable` leaves them out of the batch (--skip-bad-images)."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        try:
+            return self.dataset[index]
+        except UnreadableImage as exc:
+            logger.warning("skipped: %s", str(exc).split(" (--skip-bad-images")[0])
+            return None
+
+
+def collate_readable(batch: Sequence[Any]) -> Any:
+    """default_collate of the samples that are not None (skipped images)."""
+    kept = [sample for sample in batch if sample is not None]
+    if not kept:
+        raise UserError(f"every image of a batch of {len(batch)} was unreadable and skipped: check the data")
+    return default_collate(kept)
+
+
+class SeededSamples(Dataset):
+    """``dataset`` whose every random augmentation is seeded from (seed, epoch, index), under a forked RNG
+    state (the caller's torch and Python RNG streams are left as they were).
+
+    Without it, a sample's augmentation depends on which loader worker reads it and on what that worker read
+    before, so that a run resumed with another ``-j`` (or another number of processes) trains on other
+    crops than an uninterrupted one.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int, epoch: int) -> None:
+        self.dataset = dataset
+        self.base = (seed * 1_000_003 + epoch) * 1_000_003
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        sample_seed = (self.base + index) % (2 ** 63)
+        state = random.getstate()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed)
+            random.seed(sample_seed)
+            try:
+                return self.dataset[index]
+            finally:
+                random.setstate(state)
+
+
+def _loader(dataset: Dataset, batch_size: int, workers: int, pin_memory: bool, **kwargs) -> DataLoader:
+    """In-order batches of ``dataset`` that skip None samples. Its own generator: iterating it draws nothing
+    from the global RNG (a DataLoader draws its workers' base seed from it otherwise)."""
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=pin_memory,
+                      collate_fn=collate_readable, generator=torch.Generator().manual_seed(0), **kwargs)
 
 
 def shard(dataset: Dataset, rank: int, world_size: int) -> Dataset:
@@ -41,19 +141,18 @@ def epoch_loader(dataset: Dataset, batch_size: int, workers: int, epoch: int, se
     """The epoch's training loader (rebuilt every epoch): this process's part of the epoch's permutation.
 
     ``drop_last=False`` keeps the last, smaller batch (as the original scripts and torchvision's references
-    do); methods that need equal batches (MoCo's queue) pass True.
+    do); methods that need equal batches (MoCo's queue) pass True. Augmentations are seeded per sample
+    (:class:`SeededSamples`).
     """
     mine = epoch_order(len(dataset), epoch, seed, rank, world_size, salt)
-    generator = torch.Generator().manual_seed(seed * 1000 + epoch + salt + 1)  # for the workers' seeds
-    return DataLoader(Subset(dataset, mine), batch_size=batch_size, shuffle=False, num_workers=workers,
-                      pin_memory=pin_memory, drop_last=drop_last, generator=generator, persistent_workers=False)
+    return _loader(Subset(SeededSamples(dataset, seed + salt, epoch), mine), batch_size, workers, pin_memory,
+                   drop_last=drop_last)
 
 
 def eval_loader(dataset: Dataset, batch_size: int, workers: int, rank: int, world_size: int,
                 pin_memory: bool = False) -> DataLoader:
     """This process's disjoint shard, in order."""
-    return DataLoader(shard(dataset, rank, world_size), batch_size=batch_size, shuffle=False,
-                      num_workers=workers, pin_memory=pin_memory)
+    return _loader(shard(dataset, rank, world_size), batch_size, workers, pin_memory)
 
 
 def prepare_loader(dataset: Dataset, batch_size: int, workers: int, epoch: int, seed: int, rank: int,
@@ -63,5 +162,4 @@ def prepare_loader(dataset: Dataset, batch_size: int, workers: int, epoch: int, 
     part = shard(dataset, rank, world_size)
     generator = torch.Generator().manual_seed(seed * 1000 + 7919 * (epoch + 1))
     order = torch.randperm(len(part), generator=generator).tolist()
-    return DataLoader(Subset(part, order), batch_size=batch_size, shuffle=False, num_workers=workers,
-                      pin_memory=pin_memory)
+    return _loader(Subset(part, order), batch_size, workers, pin_memory)

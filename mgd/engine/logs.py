@@ -1,8 +1,9 @@
-"""Run logs of the training scripts: a JSON-lines file, optional TensorBoard scalars, metric averages
-that are exact across processes."""
+"""Run logs of the training scripts: a JSON-lines file (strict JSON: a NaN is written as null), optional
+TensorBoard scalars, metric averages that are exact across processes."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from typing import Any, Dict
@@ -10,20 +11,21 @@ from typing import Any, Dict
 import torch
 
 from .. import distributed as mdist
-from .launch import UserError
+from .errors import UserError
 
-__all__ = ["RunLog", "Meter", "start_output_dir"]
+__all__ = ["RunLog", "Meter", "json_safe"]
 
 
-def start_output_dir(output_dir: str, resume: bool, rank: int) -> None:
-    """Create the output folder; a fresh (not resumed) run moves an earlier run's log.jsonl aside
-    (log.<time>.jsonl) so that one log never mixes two runs, while a resumed run appends to its log."""
-    if rank != 0:
-        return
-    os.makedirs(output_dir, exist_ok=True)
-    path = os.path.join(output_dir, "log.jsonl")
-    if not resume and os.path.isfile(path):
-        os.replace(path, os.path.join(output_dir, f"log.{time.strftime('%Y%m%d-%H%M%S')}.jsonl"))
+def json_safe(value: Any) -> Any:
+    """``value`` with every NaN or infinity replaced by None: Python's json writes them as bare ``NaN``,
+    which strict JSON readers (jq, JavaScript, pandas with the C parser) reject."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
 
 
 class RunLog:
@@ -44,13 +46,13 @@ class RunLog:
                 self.writer = SummaryWriter(os.path.join(output_dir, "tb"))
 
     def write(self, record: Dict[str, Any]) -> None:
-        """Append ``record`` (plain JSON types) with the time; the numbers of a record with an ``epoch``
-        become TensorBoard scalars at that epoch."""
+        """Append ``record`` (plain JSON types; non-finite numbers become null) with the time; the numbers of
+        a record with an ``epoch`` become TensorBoard scalars at that epoch."""
         if not self.active:
             return
         record = {"time": round(time.time(), 3), **record}
         with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json.dumps(json_safe(record), allow_nan=False) + "\n")
         epoch = record.get("epoch")
         if self.writer is not None and isinstance(epoch, int):
             for k, v in record.items():

@@ -16,8 +16,9 @@ from tqdm import tqdm
 
 from .. import distributed as mdist
 from ..base import Distiller, TrainableDistiller
-from .launch import UserError
+from .errors import UserError
 from .logs import Meter, RunLog
+from .rundir import Diverged
 from .precision import Precision
 
 __all__ = ["train_one_epoch", "prepare_if_due", "wrap_for_training", "ReplicaStep", "mean_terms"]
@@ -29,10 +30,11 @@ StepFn = Callable[[Any], Tuple[torch.Tensor, Dict[str, float], int]]
 
 
 def train_one_epoch(step: StepFn, loader: Iterable, optimizer: torch.optim.Optimizer, precision: Precision,
-                    epoch: int, device: torch.device, show_progress: bool = True, print_freq: int = 10
-                    ) -> Dict[str, float]:
+                    epoch: int, device: torch.device, show_progress: bool = True, print_freq: int = 10,
+                    last_good: str = "") -> Dict[str, float]:
     """One pass of ``step`` over ``loader`` with (mixed-precision) updates; returns the parts averaged
-    over all processes. A non-finite loss stops the run with a message that says what to change."""
+    over all processes. A non-finite loss stops the run before its update (:class:`Diverged`, one line
+    that says what to change, followed by ``last_good``: where the run can be resumed from)."""
     meter = Meter()
     bar = tqdm(loader, desc=f"epoch {epoch}", disable=not show_progress, leave=False, dynamic_ncols=True,
                mininterval=1.0, miniters=print_freq)
@@ -42,8 +44,9 @@ def train_one_epoch(step: StepFn, loader: Iterable, optimizer: torch.optim.Optim
         value = loss.item()
         if not math.isfinite(value):
             terms = ", ".join(f"{k} {v:.4g}" for k, v in parts.items())
-            raise RuntimeError(f"loss is {value} at epoch {epoch} ({terms}): lower --lr, or raise --loss-factor "
-                               "if the distillation term is the one that diverged")
+            raise Diverged(f"training diverged in epoch {epoch}: the loss is {value} ({terms}); lower --lr, or raise "
+                           "--loss-factor if the distillation term is the one that diverged"
+                           + (f"; {last_good}" if last_good else ""))
         precision.backward_step(loss, optimizer)
         meter.update(count, loss=value, **parts)
         bar.set_postfix(loss=f"{value:.3f}", refresh=False)

@@ -1,70 +1,20 @@
 """End-to-end runs of cls/main_base.py and cls/main_mgd.py on a tiny generated ImageFolder."""
-import json
 import math
 import os
 
 import pytest
 import torch
-from PIL import Image
 
 from cls.models import build_model
-from scripts import run_script
+from cls_runs import STUDENT, TEACHER, common, mgd_args, records, run
 from tiny_models import randomize_bn
-
-STUDENT, TEACHER = "cifar_resnet8_w8", "cifar_resnet8_w16"
-COLORS = [(200, 30, 30), (30, 200, 30), (30, 30, 200)]
-
-
-def run(script, *argv, check=True):
-    return run_script(os.path.join("cls", script), *argv, check=check)
-
-
-@pytest.fixture(scope="module")
-def image_folder(tmp_path_factory):
-    """3 classes, 16 training and 4 validation 16x16 images each; the colour tells the class."""
-    root = tmp_path_factory.mktemp("imgs")
-    gen = torch.Generator().manual_seed(0)
-    for split, count in (("train", 16), ("valid", 4)):
-        for c, color in enumerate(COLORS):
-            folder = root / split / f"class{c}"
-            folder.mkdir(parents=True)
-            for i in range(count):
-                noise = torch.randint(-40, 40, (16, 16, 3), generator=gen)
-                pixels = (torch.tensor(color).view(1, 1, 3) + noise).clamp(0, 255).to(torch.uint8).numpy()
-                Image.fromarray(pixels).save(folder / f"{i}.png")
-    return root
-
-
-@pytest.fixture(scope="module")
-def teacher_weights(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("teacher") / "teacher.pth"
-    torch.save({"state_dict": {"module." + k: v for k, v in randomize_bn(build_model(TEACHER, 3)).state_dict().items()}},
-               path)
-    return path
-
-
-def common(data, out, epochs=1):
-    return [data, "--input-size", 16, "-b", 8, "--lr", 0.05, "-j", 0, "--seed", 0, "--epochs", epochs,
-            "--output-dir", out, "-a", STUDENT]
-
-
-def mgd_args(data, out, teacher, epochs=1):
-    return common(data, out, epochs) + ["--teacher-arch", TEACHER, "--teacher-resume", teacher,
-                                        "--mgd-update-freq", 1, "--mgd-update-images", 24]
-
-
-def records(out):
-    with open(os.path.join(out, "log.jsonl")) as f:
-        return [json.loads(line) for line in f]
-
 
 def test_base_trains_one_epoch_and_exports_a_plain_state_dict(image_folder, tmp_path):
     out = tmp_path / "base"
     run("main_base.py", *common(image_folder, out))
     epochs = [r for r in records(out) if "epoch" in r]
     assert len(epochs) == 1 and 0 <= epochs[0]["top1"] <= 100 and epochs[0]["train_ce"] > 0
-    run("main_base.py", *common(image_folder, out))  # a fresh run into the same folder: its own log
+    run("main_base.py", *common(image_folder, out), "--overwrite")  # a fresh run into the same folder: its own log
     assert len([r for r in records(out) if "epoch" in r]) == 1
     assert len([f for f in os.listdir(out) if f.startswith("log.") and f != "log.jsonl"]) == 1
     build_model(STUDENT, 3).load_state_dict(torch.load(out / "student.pth", weights_only=True), strict=True)
@@ -103,8 +53,9 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(image_folder, teacher_
     full, part = tmp_path / "full", tmp_path / "part"
     run("main_mgd.py", *mgd_args(image_folder, full, teacher_weights, epochs=3), "--mgd-reducer", "rd")
     run("main_mgd.py", *mgd_args(image_folder, part, teacher_weights, epochs=2), "--mgd-reducer", "rd")
-    run("main_mgd.py", *mgd_args(image_folder, part, teacher_weights, epochs=3), "--mgd-reducer", "rd",
-        "--resume", part / "last.pth")
+    resumed = mgd_args(image_folder, part, teacher_weights, epochs=3)
+    resumed[resumed.index("-j") + 1] = 2  # other loader workers: the same crops (seeded per image)
+    run("main_mgd.py", *resumed, "--mgd-reducer", "rd", "--resume", part / "last.pth")
     a = torch.load(full / "last.pth", weights_only=True)
     b = torch.load(part / "last.pth", weights_only=True)
     assert a["epoch"] == b["epoch"] == 3
@@ -202,9 +153,9 @@ def test_resuming_with_other_method_options_is_one_line_and_exit_2(image_folder,
     run("main_mgd.py", *mgd_args(image_folder, out, teacher_weights))
     other_teacher = tmp_path / "t32.pth"
     torch.save(build_model("cifar_resnet8_w32", 3).state_dict(), other_teacher)
-    for expect, swap in (("does not fit this run", {"--mgd-reducer": "sm"}),  # other guided-index sizes
-                         ("distilled from cifar_resnet8_w16, not from cifar_resnet8_w32",
-                          {"--teacher-arch": "cifar_resnet8_w32", "--teacher-resume": other_teacher})):
+    teachers = "--teacher-arch cifar_resnet8_w16, this run has --teacher-arch cifar_resnet8_w32"
+    for expect, swap in (("written with --mgd-reducer amp, this run has --mgd-reducer sm", {"--mgd-reducer": "sm"}),
+                         (teachers, {"--teacher-arch": "cifar_resnet8_w32", "--teacher-resume": other_teacher})):
         argv = mgd_args(image_folder, tmp_path / "again", teacher_weights, epochs=2) + ["--resume", out / "last.pth"]
         for flag, value in swap.items():
             if flag in argv:

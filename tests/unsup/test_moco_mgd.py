@@ -131,3 +131,35 @@ def test_teacher_with_the_wrong_layout_is_one_line_and_exit_2(data, tmp_path):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "no 'state_dict'" in lines[0] and "Traceback" not in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def finished(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("finished") / "run"
+    run(*args_for(data, out))
+    return out
+
+
+@pytest.mark.parametrize("change,expect", [
+    ({}, "holds a previous run (checkpoint_0000.pth.tar, checkpoint_last.pth.tar, student_backbone.pth)"),
+    ({"-a": "resnet34"}, "was written with --arch resnet18, this run has --arch resnet34"),
+    ({"--moco-k": 128}, "was written with --moco-k 64, this run has --moco-k 128"),
+    ({"--mlp": None}, "was written with --mlp, this run has no --mlp"),
+    ({"--epochs": 1}, "has already trained 1 epochs and --epochs is 1: nothing left to train"),
+    ({"--epochs": 0}, "argument --epochs: '0' must be a positive integer"),
+])
+def test_a_finished_run_is_never_overwritten_nor_resumed_with_other_settings(change, expect, data, finished):
+    argv = args_for(data, finished, epochs=2)
+    if change:
+        argv += ["--resume", finished / "checkpoint_last.pth.tar"]
+    for flag, value in change.items():
+        if value is None:
+            argv.remove(flag)
+        else:
+            argv[argv.index(flag) + 1] = value
+    before = (finished / "checkpoint_last.pth.tar").read_bytes()
+    proc = run(*argv, check=False)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and expect in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert (finished / "checkpoint_last.pth.tar").read_bytes() == before

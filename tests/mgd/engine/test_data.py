@@ -1,8 +1,15 @@
 """mgd.engine.data: permutations that depend only on (seed, epoch), padded training shards, exact
-evaluation shards."""
-import torch
+evaluation shards, augmentations seeded per sample, unreadable images."""
+import logging
+import random
 
-from mgd.engine.data import epoch_loader, epoch_order, eval_loader, prepare_loader
+import pytest
+import torch
+from PIL import Image
+
+from mgd.engine import UserError
+from mgd.engine.data import (SkipUnreadable, UnreadableImage, epoch_loader, epoch_order, eval_loader, prepare_loader,
+                             read_rgb_image)
 
 
 def test_epoch_order_is_a_padded_partition_that_depends_only_on_seed_and_epoch():
@@ -31,3 +38,60 @@ def test_eval_and_prepare_shards_are_disjoint_and_complete():
             for r in range(2)]
     assert [sorted(p) for p in prep] == [sorted(s) for s in shards]  # the same shards, in a seeded order
     assert prep[0] != shards[0]
+
+
+class RandomCrops(torch.utils.data.Dataset):
+    """Every item drawn with the global torch and Python RNGs, as torchvision's random transforms do."""
+
+    def __len__(self):
+        return 12
+
+    def __getitem__(self, index):
+        return torch.tensor([index, torch.randint(0, 10 ** 6, ()).item(), random.randrange(10 ** 6)])
+
+
+def test_augmentations_depend_on_seed_epoch_and_sample_not_on_workers_or_processes():
+    def batches(workers, rank=0, world_size=1, epoch=1):
+        return torch.cat(list(epoch_loader(RandomCrops(), 4, workers, epoch, 3, rank, world_size)))
+    single = batches(0)
+    assert torch.equal(single, batches(2))  # -j 0 and -j 2: the same crops
+    by_index = {int(row[0]): row for row in single}
+    for rank in range(2):  # and each sample the same crop when two processes share the epoch
+        for row in batches(1, rank, 2):
+            assert torch.equal(row, by_index[int(row[0])])
+    assert not torch.equal(single[:, 1:], batches(0, epoch=2)[:, 1:])  # a new epoch, new crops
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    batches(0)
+    assert torch.equal(torch.rand(3), expected)  # the caller's RNG stream is left as it was
+
+
+def _image_folder(root, broken):
+    for i in range(4):
+        Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(root / f"{i}.png")
+    data = (root / "1.png").read_bytes()
+    (root / "1.png").write_bytes(data[: len(data) // 2] if broken == "truncated" else b"not an image")
+
+
+@pytest.mark.parametrize("broken", ["truncated", "garbage"])
+def test_an_unreadable_image_is_named_or_skipped_with_a_warning(broken, tmp_path, caplog):
+    _image_folder(tmp_path, broken)
+    paths = sorted(str(p) for p in tmp_path.iterdir())
+
+    class Images(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(paths)
+
+        def __getitem__(self, i):
+            return torch.as_tensor(list(read_rgb_image(paths[i]).getpixel((0, 0))))
+    with pytest.raises(UnreadableImage, match=f"cannot read image {paths[1]}: .*--skip-bad-images"):
+        list(eval_loader(Images(), 4, 0, rank=0, world_size=1))
+    with caplog.at_level(logging.WARNING, logger="mgd.engine"):
+        batches = list(eval_loader(SkipUnreadable(Images()), 4, 0, rank=0, world_size=1))
+    assert [b[:, 0].tolist() for b in batches] == [[0, 80, 120]]  # the broken image left out
+    assert len(caplog.records) == 1
+    assert caplog.records[0].getMessage().startswith(f"skipped: cannot read image {paths[1]}: ")
+    assert issubclass(UnreadableImage, UserError)
+    with pytest.raises(UserError, match="every image of a batch of 1 was unreadable"):
+        list(eval_loader(SkipUnreadable(Images()), 1, 0, rank=0, world_size=1))

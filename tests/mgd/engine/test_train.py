@@ -8,7 +8,7 @@ from torch import nn
 
 import mgd
 from mgd.base import TrainableDistiller
-from mgd.engine import (Meter, Precision, ReplicaStep, RunLog, UserError, prepare_if_due, train_one_epoch,
+from mgd.engine import (Diverged, Meter, Precision, ReplicaStep, RunLog, UserError, prepare_if_due, train_one_epoch,
                         wrap_for_training)
 
 from tiny_models import randomize_bn, tiny_resnet
@@ -30,8 +30,12 @@ def test_train_one_epoch_averages_parts_and_stops_on_a_non_finite_loss():
 
     def diverging(x):
         return torch.tensor(float("nan"), requires_grad=True), {"distill": math.inf}, 1
-    with pytest.raises(RuntimeError, match="loss is nan at epoch 4.*distill inf.*--lr"):
-        train_one_epoch(diverging, batches, optimizer, precision, 4, torch.device("cpu"), show_progress=False)
+    before = model.weight.detach().clone()
+    with pytest.raises(Diverged, match="diverged in epoch 4: the loss is nan.*distill inf.*--lr.*; resume here"):
+        train_one_epoch(diverging, batches, optimizer, precision, 4, torch.device("cpu"), show_progress=False,
+                        last_good="resume here")
+    assert torch.equal(model.weight, before)  # stopped before the update
+    assert issubclass(Diverged, UserError)  # one line and exit code 2 in the scripts
 
 
 def test_precision_scaler_only_with_float16_and_its_state_round_trips():
@@ -78,8 +82,12 @@ def test_run_log_writes_json_lines_and_meter_weights_by_count(tmp_path):
     log = RunLog(str(tmp_path), rank=0)
     log.write({"epoch": 0, "top1": 50.0})
     RunLog(str(tmp_path), rank=1).write({"epoch": 0, "top1": 1.0})  # other ranks write nothing
-    lines = [json.loads(line) for line in open(tmp_path / "log.jsonl")]
-    assert len(lines) == 1 and lines[0]["top1"] == 50.0 and "time" in lines[0]
+    log.write({"epoch": 1, "val_loss": math.nan, "parts": [math.inf, 1.0]})
+    text = open(tmp_path / "log.jsonl").read()
+    lines = [json.loads(line, parse_constant=lambda c: pytest.fail(f"bare {c} in log.jsonl")) for line in
+             text.splitlines()]  # strict JSON: no bare NaN/Infinity
+    assert len(lines) == 2 and lines[0]["top1"] == 50.0 and "time" in lines[0]
+    assert lines[1]["val_loss"] is None and lines[1]["parts"] == [None, 1.0]
     meter = Meter()
     meter.update(2, loss=1.0)
     meter.add_counts(2, loss=6.0)
