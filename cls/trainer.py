@@ -16,15 +16,16 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import torch
 from torch import nn
 
-from mgd.checkpoint import atomic_save
+from mgd.checkpoint import atomic_save, deferred_signals
 from mgd.distillers import classifier_layer
 from mgd.engine import (Precision, RunLog, UserError, epoch_loader, eval_loader, last_good_checkpoint,
                         load_checkpoint, plain_args, read_weights, refuse_non_finite, resume_from, save_checkpoints,
                         seed_everything, setup_process, start_output_dir, train_one_epoch)
+from mgd.engine.checkpoints import check_epochs_left
 
 from . import data as cdata
 from .models import build_model, cached_weights_path, default_teacher
-from .utils import evaluate, load_weights
+from .utils import CHECKPOINT_NAMES, evaluate, load_weights
 
 logger = logging.getLogger("cls")
 
@@ -118,7 +119,7 @@ def start_worker(local_rank: int, args: argparse.Namespace):
     num classes)); the prepare set is the training images through the validation transforms."""
     device = setup_process(local_rank, args)
     if not args.evaluate:
-        start_output_dir(args.output_dir, bool(args.resume), args.rank, args.overwrite)
+        start_output_dir(args.output_dir, CHECKPOINT_NAMES, bool(args.resume), args.rank, args.overwrite)
     train_set, valid_set, prepare_set, num_classes = cdata.build_datasets(args)
     args.per_process_batch = max(1, args.batch_size // args.world_size)
     if len(train_set) < args.world_size:
@@ -156,7 +157,7 @@ def fit(*, args: argparse.Namespace, device: torch.device, precision: Precision,
         loader = epoch_loader(train_set, args.per_process_batch, args.workers, epoch, args.seed or 0, args.rank,
                               args.world_size, device.type == "cuda")
         train_stats = train_one_epoch(step, loader, optimizer, precision, epoch, device, args.rank == 0,
-                                      args.print_freq, last_good_checkpoint(args.output_dir))
+                                      args.print_freq, last_good_checkpoint(args.output_dir, resumed_from=args.resume))
         scheduler.step()
         val = evaluate(student, valid_loader, device)
         record: Dict[str, Any] = {"epoch": epoch, "lr": lr, **{k if k.startswith("train_") else f"train_{k}": v
@@ -168,14 +169,15 @@ def fit(*, args: argparse.Namespace, device: torch.device, precision: Precision,
         record["seconds"] = round(time.time() - start, 1)
         extra = extra_state()
         refuse_non_finite({"the student": student.state_dict(), "the distiller": extra.get("distiller", {})},
-                          epoch, args.output_dir, val_loss=val["loss"])  # on every rank: they stop together
+                          epoch, args.output_dir, resumed_from=args.resume, val_loss=val["loss"])  # every rank
         if args.rank == 0:
             state = {"epoch": epoch + 1, "arch": args.arch, "num_classes": classifier(student)[1].out_features,
                      "student": student.state_dict(), "optimizer": optimizer.state_dict(),
                      "lr_scheduler": scheduler.state_dict(), "scaler": precision.state_dict(),
                      "best_acc1": best_acc1, "args": plain_args(args), **extra}
-            save_checkpoints(state, args.output_dir, ["last.pth"] + (["best.pth"] if is_best else []))
-            atomic_save(student.state_dict(), os.path.join(args.output_dir, "student.pth"))
+            with deferred_signals():  # a Ctrl-C waits for the set of files, not only for the file being written
+                save_checkpoints(state, args.output_dir, ["last.pth"] + (["best.pth"] if is_best else []))
+                atomic_save(student.state_dict(), os.path.join(args.output_dir, "student.pth"))
         parts = "  ".join(f"{k} {v:.4f}" for k, v in train_stats.items() if k != "train_top1")
         logger.info("epoch %d/%d  %s  train top-1 %.2f  val top-1 %.2f top-5 %.2f  lr %.4g  %.0f s",
                     epoch, args.epochs - 1, parts, train_stats.get("train_top1", 0.0), val["top1"], val["top5"],
@@ -193,6 +195,8 @@ def resume(args: argparse.Namespace, student: nn.Module, optimizer, scheduler, p
     ``check(ckpt)`` raises UserError when the checkpoint belongs to another kind of run; the architecture,
     the class count and the settings in ``same`` must be those the checkpoint was written with."""
     if not args.resume:
+        if not args.evaluate:
+            check_epochs_left(args.start_epoch, args.epochs)
         return args.start_epoch, 0.0
     ckpt = load_checkpoint(args.resume, ("student", "epoch", "optimizer", "lr_scheduler", "best_acc1"))
     if check is not None:

@@ -18,6 +18,9 @@ from mgd.engine.args import non_negative_float, non_negative_int, positive_float
 
 logger = logging.getLogger("cls")
 
+#: What a run writes in its --output-dir (what makes a folder hold a previous run).
+CHECKPOINT_NAMES = ("last.pth", "best.pth", "student.pth")
+
 
 # ------------------------------------------------------------------------------------------------ CLI
 
@@ -78,7 +81,9 @@ def finish_args(args: argparse.Namespace, tag: Optional[str]) -> argparse.Namesp
         name = os.path.basename(os.path.normpath(args.data)) or "data"
         args.output_dir = os.path.join("output", ".".join([name, args.arch] + ([tag] if tag else [])))
     if not args.evaluate:
-        check_output_dir(args.output_dir, args.resume, args.overwrite)
+        inputs = {flag: getattr(args, flag.lstrip("-").replace("-", "_"), "")
+                  for flag in ("--student-resume", "--teacher-resume", "--pretrained-backbone")}
+        check_output_dir(args.output_dir, CHECKPOINT_NAMES, args.resume, args.overwrite, inputs)
     if args.pretrained:
         args.use_pretrained = 1
     if args.warmup:  # as the original: the warm-up epochs come on top, and the drops move with them

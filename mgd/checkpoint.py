@@ -15,7 +15,7 @@ from typing import Any, Iterator, List, Mapping
 
 import torch
 
-__all__ = ["atomic_save", "safe_load", "strip_prefix", "remove_stale_temporaries"]
+__all__ = ["atomic_save", "safe_load", "strip_prefix", "remove_stale_temporaries", "deferred_signals"]
 
 logger = logging.getLogger("mgd")
 
@@ -35,7 +35,7 @@ _NOT_TORCH = "not a PyTorch checkpoint (neither a torch.save zip archive nor a l
 
 # ------------------------------------------------------------------------------------------------ writing
 @contextlib.contextmanager
-def _deferred_signals() -> Iterator[None]:
+def deferred_signals() -> Iterator[None]:
     """SIGINT and SIGTERM recorded, not acted on, while the block runs; then the previous handlers are
     restored and each signal that arrived is re-delivered to its previous handler (SIGINT's default raises
     KeyboardInterrupt, SIGTERM's default ends the process, an application's own handler runs as usual).
@@ -80,7 +80,7 @@ def atomic_save(obj: Any, path: str) -> None:
     """
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    with _deferred_signals():
+    with deferred_signals():
         fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix=_TMP_SUFFIX, dir=folder)
         try:
             with os.fdopen(fd, "wb") as f:

@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 
 __all__ = [
-    "is_distributed", "get_rank", "get_world_size", "is_main_process", "all_reduce_sum", "broadcast",
+    "any_rank", "is_distributed", "get_rank", "get_world_size", "is_main_process", "all_reduce_sum", "broadcast",
     "barrier", "init_process_group", "default_backend", "same_on_all_ranks",
 ]
 
@@ -40,6 +40,14 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     if is_distributed():
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True on every rank when ``flag`` is true on at least one (``flag`` itself in a single process): so
+    that all ranks take the same branch, e.g. all stop when one of them diverged."""
+    if not is_distributed():
+        return bool(flag)
+    return all_reduce_sum(torch.tensor([float(bool(flag))], device=device)).item() > 0
 
 
 def broadcast(tensor: torch.Tensor, src: int = 0) -> torch.Tensor:

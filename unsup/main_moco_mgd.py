@@ -28,13 +28,14 @@ import torchvision
 from torch import nn
 
 import mgd
-from mgd.checkpoint import atomic_save, strip_prefix
+from mgd.checkpoint import atomic_save, deferred_signals, strip_prefix
 from mgd.engine import (ArgumentParser, Precision, RunLog, SkipUnreadable, UserError, add_launch_arguments,
                         add_precision_arguments, add_run_arguments, check_output_dir, epoch_loader, image_folder,
                         last_good_checkpoint, launch, load_checkpoint, plain_args, prepare_if_due, refuse_non_finite,
                         resume_from, run_cli, save_checkpoints, seed_everything, setup_process, start_output_dir,
                         train_one_epoch, worker_guard, wrap_for_training)
 from mgd.engine.args import non_negative_float, non_negative_int, positive_float, positive_int
+from mgd.engine.checkpoints import check_epochs_left
 from unsup.moco import MoCo, TwoCropsTransform, moco_augmentation
 
 logger = logging.getLogger("unsup")
@@ -44,8 +45,9 @@ ARCHS = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
 DEFAULT_UPDATE_EPOCHS = [1, 2, 3, 6, 9, 15, 26, 43, 74, 126]
 #: Settings a resumed run must share with its checkpoint (the weights' shapes, the queue, the matching).
 RESUME_SAME = ("arch", "teacher_arch", "moco_dim", "moco_k", "mlp", "mgd_reducer")
-#: The checkpoint a run continues from.
+#: The checkpoint a run continues from, and everything a run writes in its --output-dir.
 LAST = ("checkpoint_last.pth.tar",)
+CHECKPOINT_NAMES = ("checkpoint_*.pth.tar", "student_backbone.pth")
 #: Salt of the matching pass's permutation, so it does not repeat the training order of the same epoch.
 _PREPARE_SALT = 104729
 
@@ -153,7 +155,7 @@ def worker(local_rank: int, args) -> None:
         raise UserError(f"the training set ({len(dataset)} images) is smaller than one batch per process")
     if args.moco_k % (args.per_process_batch * args.world_size):
         raise UserError(f"--moco-k {args.moco_k} must be a multiple of the batch size {args.batch_size}")
-    start_output_dir(args.output_dir, bool(args.resume), args.rank, args.overwrite)
+    start_output_dir(args.output_dir, CHECKPOINT_NAMES, bool(args.resume), args.rank, args.overwrite)
     logger.info("MoCo-v2 %s guided by %s on %s, %d process(es), %s", args.arch, args.teacher_arch, device,
                 args.world_size, precision.describe())
     teacher = load_teacher(args).to(device)
@@ -169,7 +171,9 @@ def worker(local_rank: int, args) -> None:
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], args.lr,
                                 momentum=args.momentum, weight_decay=args.weight_decay)
     start_epoch = args.start_epoch
-    if args.resume:
+    if not args.resume:
+        check_epochs_left(start_epoch, args.epochs)
+    else:
         ckpt = load_checkpoint(args.resume, ("state_dict", "optimizer", "epoch", "distiller"))
         start_epoch = resume_from(ckpt, args.resume, moco, "state_dict", optimizer, precision, distiller=distiller,
                                   epochs=args.epochs, **{k: getattr(args, k) for k in RESUME_SAME})
@@ -204,7 +208,7 @@ def worker(local_rank: int, args) -> None:
         loader = epoch_loader(dataset, args.per_process_batch, args.workers, epoch, args.seed or 0, args.rank,
                               args.world_size, device.type == "cuda", drop_last=True)  # MoCo's queue: equal batches
         stats = train_one_epoch(step, loader, optimizer, precision, epoch, device, args.rank == 0, args.print_freq,
-                                last_good_checkpoint(args.output_dir, LAST))
+                                last_good_checkpoint(args.output_dir, LAST, args.resume))
         stats = {"epoch": epoch, "lr": lr, **{k: v for k, v in stats.items() if k != "loss"},
                  "matching_updates": int(distiller.num_updates), "seconds": round(time.time() - begin, 1)}
         logger.info("epoch %d/%d  contrastive %.4f  distill %.4f  instance top-1 %.2f  lr %.4g  matching updates %d"
@@ -212,14 +216,15 @@ def worker(local_rank: int, args) -> None:
                     stats["instance_top1"], lr, stats["matching_updates"], stats["seconds"])
         log.write(stats)
         refuse_non_finite({"the MoCo model": moco.state_dict(), "the distiller": distiller.own_state_dict()},
-                          epoch, args.output_dir, LAST)  # on every rank: they stop together
+                          epoch, args.output_dir, LAST, args.resume)  # on every rank: they stop together
         if args.rank == 0:
             state = {"epoch": epoch + 1, "arch": args.arch, "state_dict": moco.state_dict(),
                      "optimizer": optimizer.state_dict(), "distiller": distiller.own_state_dict(),
                      "scaler": precision.state_dict(), "args": plain_args(args)}
-            save_checkpoints(state, args.output_dir, [f"checkpoint_{epoch:04d}.pth.tar", *LAST])
             backbone = {k: v for k, v in moco.encoder_q.state_dict().items() if not k.startswith("fc.")}
-            atomic_save(backbone, os.path.join(args.output_dir, "student_backbone.pth"))
+            with deferred_signals():  # a Ctrl-C waits for the set of files, not only for the file being written
+                save_checkpoints(state, args.output_dir, [f"checkpoint_{epoch:04d}.pth.tar", *LAST])
+                atomic_save(backbone, os.path.join(args.output_dir, "student_backbone.pth"))
     log.close()
 
 
@@ -229,7 +234,8 @@ def main(argv=None) -> None:
         raise UserError(f"data directory not found: {args.data}")
     if not os.path.isfile(args.teacher_resume):
         raise UserError(f"--teacher-resume: checkpoint not found: {args.teacher_resume}")
-    check_output_dir(args.output_dir, args.resume, args.overwrite)
+    check_output_dir(args.output_dir, CHECKPOINT_NAMES, args.resume, args.overwrite,
+                     {"--teacher-resume": args.teacher_resume})
     launch(worker, args)
 
 

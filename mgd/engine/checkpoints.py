@@ -85,17 +85,21 @@ def check_resume_matches(ckpt: Dict[str, Any], path: str, **expected: Any) -> No
     recorded_args = ckpt.get("args") if isinstance(ckpt.get("args"), dict) else {}
     for key, value in expected.items():
         recorded = ckpt[key] if key in ckpt else recorded_args.get(key, _MISSING)
-        if recorded is _MISSING or recorded == _plain(value):
+        if recorded is _MISSING or recorded is None or recorded == _plain(value):  # None: a default, unrecorded
             continue
         raise UserError(f"--resume: {path} was written with {_describe(key, recorded)}, this run has "
                         f"{_describe(key, _plain(value))}: resume with the same setting, or start a new run")
 
 
-def check_epochs_left(start_epoch: int, epochs: int, path: str) -> None:
-    """UserError when a resumed run would train nothing (the checkpoint is at or past ``--epochs``)."""
-    if start_epoch >= epochs:
-        raise UserError(f"--resume: {path} has already trained {start_epoch} epochs and --epochs is {epochs}: "
-                        f"nothing left to train (raise --epochs to train longer)")
+def check_epochs_left(start_epoch: int, epochs: int, path: Optional[str] = None) -> None:
+    """UserError when a run would train nothing: the checkpoint it resumes (``path``), or --start-epoch, is at
+    or past ``--epochs``."""
+    if start_epoch < epochs:
+        return
+    if path is None:
+        raise UserError(f"--start-epoch {start_epoch} is at or past --epochs {epochs}: nothing to train")
+    raise UserError(f"--resume: {path} has already trained {start_epoch} epochs and --epochs is {epochs}: "
+                    f"nothing left to train (raise --epochs to train longer)")
 
 
 def restore_training_state(ckpt: Dict[str, Any], path: str, optimizer: torch.optim.Optimizer,

@@ -12,18 +12,19 @@ from __future__ import annotations
 
 import logging
 import random
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, List, Optional
 
+import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, Subset, default_collate
+from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import datasets
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from .errors import UserError
 
 __all__ = ["shard", "epoch_order", "epoch_loader", "eval_loader", "prepare_loader", "SeededSamples",
-           "UnreadableImage", "read_rgb_image", "image_folder", "SkipUnreadable", "collate_readable"]
+           "UnreadableImage", "read_rgb_image", "image_folder", "SkipUnreadable"]
 
 logger = logging.getLogger("mgd.engine")
 
@@ -45,45 +46,46 @@ def read_rgb_image(path: str) -> Image.Image:
 
 
 def image_folder(root: str, transform: Optional[Callable] = None) -> datasets.ImageFolder:
-    """torchvision's ImageFolder whose image errors name the file (:func:`read_rgb_image`), and whose class
-    folder without images is a one-line UserError (torchvision raises FileNotFoundError)."""
+    """torchvision's ImageFolder whose image errors name the file (:func:`read_rgb_image`), and whose folder
+    problems (a class folder without images, no class folder at all) are one-line UserErrors."""
     try:
         return datasets.ImageFolder(root, transform, loader=read_rgb_image)
     except FileNotFoundError as exc:
-        empty = str(exc).split("for the classes ")[-1].split(". Supported")[0]
-        raise UserError(f"no images in the class folder(s) {empty} of {root} (image files end in "
-                        f"{', '.join(IMG_EXTENSIONS)})") from None
+        text = str(exc)
+        if text.startswith("Found no valid file for the classes "):
+            empty = text[len("Found no valid file for the classes "):].split(". Supported")[0]
+            raise UserError(f"no images in the class folder(s) {empty} of {root} (image files end in "
+                            f"{', '.join(IMG_EXTENSIONS)})") from None
+        raise UserError(f"cannot read the image folder {root}: {text}") from None
 
 
 class SkipUnreadable(Dataset):
-    """``dataset`` whose unreadable images (:class:`UnreadableImage`) become None with a warning naming the
-    file; :func:`collate_readable` leaves them out of the batch (--skip-bad-images)."""
+    """``dataset`` in which an unreadable image (:class:`UnreadableImage`) is replaced by the next readable
+    one, with a warning naming the file (once per file and process): --skip-bad-images. Replacing rather
+    than dropping keeps every batch full, which MoCo's queue and DDP's equal steps need."""
 
     def __init__(self, dataset: Dataset) -> None:
         self.dataset = dataset
+        self._warned: set = set()
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> Any:
-        try:
-            return self.dataset[index]
-        except UnreadableImage as exc:
-            logger.warning("skipped: %s", str(exc).split(" (--skip-bad-images")[0])
-            return None
-
-
-def collate_readable(batch: Sequence[Any]) -> Any:
-    """default_collate of the samples that are not None (skipped images)."""
-    kept = [sample for sample in batch if sample is not None]
-    if not kept:
-        raise UserError(f"every image of a batch of {len(batch)} was unreadable and skipped: check the data")
-    return default_collate(kept)
+        for offset in range(len(self.dataset)):
+            try:
+                return self.dataset[(index + offset) % len(self.dataset)]
+            except UnreadableImage as exc:
+                message = str(exc).split(" (--skip-bad-images")[0]
+                if message not in self._warned:
+                    self._warned.add(message)
+                    logger.warning("skipped (replaced by the next readable image): %s", message)
+        raise UserError(f"no readable image in a dataset of {len(self.dataset)}: check the data")
 
 
 class SeededSamples(Dataset):
     """``dataset`` whose every random augmentation is seeded from (seed, epoch, index), under a forked RNG
-    state (the caller's torch and Python RNG streams are left as they were).
+    state (the caller's torch, Python and NumPy RNG streams are left as they were).
 
     Without it, a sample's augmentation depends on which loader worker reads it and on what that worker read
     before, so that a run resumed with another ``-j`` (or another number of processes) trains on other
@@ -99,21 +101,23 @@ class SeededSamples(Dataset):
 
     def __getitem__(self, index: int) -> Any:
         sample_seed = (self.base + index) % (2 ** 63)
-        state = random.getstate()
+        state, np_state = random.getstate(), np.random.get_state()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(sample_seed)
             random.seed(sample_seed)
+            np.random.seed(sample_seed % 2 ** 32)
             try:
                 return self.dataset[index]
             finally:
                 random.setstate(state)
+                np.random.set_state(np_state)
 
 
 def _loader(dataset: Dataset, batch_size: int, workers: int, pin_memory: bool, **kwargs) -> DataLoader:
-    """In-order batches of ``dataset`` that skip None samples. Its own generator: iterating it draws nothing
-    from the global RNG (a DataLoader draws its workers' base seed from it otherwise)."""
+    """In-order batches of ``dataset``. Its own generator: iterating it draws nothing from the global RNG (a
+    DataLoader draws its workers' base seed from it otherwise)."""
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=pin_memory,
-                      collate_fn=collate_readable, generator=torch.Generator().manual_seed(0), **kwargs)
+                      generator=torch.Generator().manual_seed(0), **kwargs)
 
 
 def shard(dataset: Dataset, rank: int, world_size: int) -> Dataset:

@@ -42,11 +42,12 @@ def train_one_epoch(step: StepFn, loader: Iterable, optimizer: torch.optim.Optim
         with precision.autocast():
             loss, parts, count = step(batch)
         value = loss.item()
-        if not math.isfinite(value):
+        if mdist.any_rank(not math.isfinite(value), device):  # every rank stops, not only the one that diverged
             terms = ", ".join(f"{k} {v:.4g}" for k, v in parts.items())
-            raise Diverged(f"training diverged in epoch {epoch}: the loss is {value} ({terms}); lower --lr, or raise "
-                           "--loss-factor if the distillation term is the one that diverged"
-                           + (f"; {last_good}" if last_good else ""))
+            where = (f"the loss is {value} ({terms})" if not math.isfinite(value)
+                     else "another process's loss is not finite")
+            raise Diverged(f"training diverged in epoch {epoch}: {where}; lower --lr, or raise --loss-factor if the "
+                           "distillation term is the one that diverged" + (f"; {last_good}" if last_good else ""))
         precision.backward_step(loss, optimizer)
         meter.update(count, loss=value, **parts)
         bar.set_postfix(loss=f"{value:.3f}", refresh=False)

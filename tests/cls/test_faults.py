@@ -44,8 +44,10 @@ def test_a_fresh_run_into_a_finished_runs_folder_is_refused_then_overwritten_onl
     (other / "best.pth").write_bytes(before["best.pth"])
     (other / "last.pth").write_bytes(before["last.pth"])
     proc = run("main_base.py", *common(image_folder, other, epochs=2), "--overwrite", "--lr", 1e-9)
-    assert "--overwrite: removed the previous run's" in proc.stdout
+    assert "--overwrite: the previous run's best.pth, last.pth moved to" in proc.stdout
     assert torch.load(other / "last.pth", weights_only=True)["epoch"] == 2
+    aside = [p for p in other.iterdir() if p.is_dir() and p.name.startswith("previous-")]
+    assert len(aside) == 1 and (aside[0] / "best.pth").read_bytes() == before["best.pth"]  # nothing lost
     run("main_base.py", *common(image_folder, out, epochs=2), "--resume", out / "last.pth")  # asked: continues
     assert not stale.exists() and [r["epoch"] for r in records(out) if "epoch" in r] == [0, 1]
 
@@ -80,7 +82,7 @@ def test_an_unreadable_image_is_named_and_can_be_skipped(image_folder, tmp_path)
     argv = common(data, tmp_path / "out") + ["-b", 48]
     one_line_error(run("main_base.py", *argv, check=False), f"cannot read image {broken}: ")
     proc = run("main_base.py", *argv, "--skip-bad-images", "--overwrite")
-    assert proc.stdout.count(f"skipped: cannot read image {broken}") == 1  # one step per epoch reads it once
+    assert proc.stdout.count(f"skipped (replaced by the next readable image): cannot read image {broken}") == 1
     assert len([r for r in records(tmp_path / "out") if "epoch" in r]) == 1
 
 
@@ -130,6 +132,12 @@ def _bad(case, image_folder, teacher_weights, finished, tmp):
     if case == "nothing left to train":
         argv = swap(base, "--output-dir", finished / "base") + ["--resume", finished / "base" / "last.pth"]
         return "main_base.py", argv, "has already trained 1 epochs and --epochs is 1: nothing left to train"
+    if case == "--overwrite would move an input":
+        argv = swap(base, "--output-dir", finished / "base") + ["--overwrite", "--student-resume",
+                                                                 finished / "base" / "student.pth"]
+        return "main_base.py", argv, "--overwrite would move"
+    if case == "--start-epoch past --epochs":
+        return "main_base.py", base + ["--start-epoch", 3], "--start-epoch 3 is at or past --epochs 1"
     if case == "text file as checkpoint":
         (tmp / "notes.pth").write_text("these are not weights\n")
         return "main_base.py", base + ["--resume", tmp / "notes.pth"], "not a PyTorch checkpoint"
@@ -139,7 +147,8 @@ def _bad(case, image_folder, teacher_weights, finished, tmp):
 BAD = ["empty class folder", "output dir is a file", "output dir under a file", "--lr", "--momentum", "--input-size",
        "--epochs", "resume with another class count", "main_base resumes a main_mgd checkpoint",
        "main_mgd resumes a main_base checkpoint", "another reducer", "pretrained backbone of another architecture",
-       "nothing left to train", "text file as checkpoint"]
+       "nothing left to train", "text file as checkpoint", "--overwrite would move an input",
+       "--start-epoch past --epochs"]
 
 
 @pytest.mark.parametrize("case", BAD)

@@ -11,7 +11,7 @@ import zipfile
 import pytest
 import torch
 
-from mgd.checkpoint import atomic_save, remove_stale_temporaries, safe_load, strip_prefix
+from mgd.checkpoint import atomic_save, deferred_signals, remove_stale_temporaries, safe_load, strip_prefix
 
 
 def test_atomic_save_writes_and_replaces(tmp_path):
@@ -225,3 +225,14 @@ def test_remove_stale_temporaries_spares_recent_files_when_asked(tmp_path):
         remove_stale_temporaries(str(recent))
     with pytest.raises(ValueError, match="min_age_s must be >= 0"):
         remove_stale_temporaries(str(tmp_path), min_age_s=-1)
+
+
+def test_a_set_of_saves_finishes_before_a_ctrl_c_that_arrives_between_them(tmp_path):
+    """cls/ writes last.pth, best.pth and student.pth under one deferral: none is left stale."""
+    with pytest.raises(KeyboardInterrupt):
+        with deferred_signals():
+            atomic_save({"a": torch.ones(1)}, str(tmp_path / "last.pth"))
+            os.kill(os.getpid(), signal.SIGINT)  # arrives between the two files
+            atomic_save({"b": torch.ones(1)}, str(tmp_path / "best.pth"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pth", "last.pth"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -2,6 +2,7 @@
 import json
 import math
 import os
+import shutil
 
 import pytest
 import torch
@@ -163,3 +164,19 @@ def test_a_finished_run_is_never_overwritten_nor_resumed_with_other_settings(cha
     assert proc.returncode == 2 and len(lines) == 1 and expect in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr
     assert (finished / "checkpoint_last.pth.tar").read_bytes() == before
+
+
+def test_skip_bad_images_keeps_every_batch_full_for_the_queue(data, tmp_path):
+    copy = tmp_path / "data"
+    shutil.copytree(data, copy)
+    broken = copy / "train" / "c1" / "3.png"
+    broken.write_bytes(broken.read_bytes()[:80])
+    argv = args_for(copy, tmp_path / "out")
+    argv[argv.index("--teacher-resume") + 1] = data / "teacher.pth.tar"
+    proc = run(*argv, check=False)
+    lines = [line for line in proc.stderr.splitlines() if line.strip() and not line.startswith("epoch ")]
+    assert proc.returncode == 2 and lines == [f"error: cannot read image {broken}: image file is truncated "
+                                              "(--skip-bad-images skips such files with a warning)"], proc.stderr
+    proc = run(*argv, "--skip-bad-images", "--overwrite")  # MoCo's queue needs full batches: replaced, not dropped
+    assert f"skipped (replaced by the next readable image): cannot read image {broken}" in proc.stdout
+    assert torch.load(tmp_path / "out" / "checkpoint_last.pth.tar", weights_only=True)["epoch"] == 1

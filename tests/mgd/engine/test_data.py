@@ -2,14 +2,15 @@
 evaluation shards, augmentations seeded per sample, unreadable images."""
 import logging
 import random
+from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
 from mgd.engine import UserError
-from mgd.engine.data import (SkipUnreadable, UnreadableImage, epoch_loader, epoch_order, eval_loader, prepare_loader,
-                             read_rgb_image)
+from mgd.engine.data import (SkipUnreadable, UnreadableImage, epoch_loader, epoch_order, eval_loader, image_folder,
+                             prepare_loader, read_rgb_image)
 
 
 def test_epoch_order_is_a_padded_partition_that_depends_only_on_seed_and_epoch():
@@ -88,10 +89,26 @@ def test_an_unreadable_image_is_named_or_skipped_with_a_warning(broken, tmp_path
     with pytest.raises(UnreadableImage, match=f"cannot read image {paths[1]}: .*--skip-bad-images"):
         list(eval_loader(Images(), 4, 0, rank=0, world_size=1))
     with caplog.at_level(logging.WARNING, logger="mgd.engine"):
-        batches = list(eval_loader(SkipUnreadable(Images()), 4, 0, rank=0, world_size=1))
-    assert [b[:, 0].tolist() for b in batches] == [[0, 80, 120]]  # the broken image left out
-    assert len(caplog.records) == 1
-    assert caplog.records[0].getMessage().startswith(f"skipped: cannot read image {paths[1]}: ")
+        for _ in range(2):
+            batches = list(eval_loader(SkipUnreadable(Images()), 4, 0, rank=0, world_size=1))
+            assert [b[:, 0].tolist() for b in batches] == [[0, 80, 80, 120]]  # replaced by the next readable
+    assert len(caplog.records) == 2  # one warning per file, per dataset (each epoch's loader in a process)
+    assert caplog.records[0].getMessage().startswith(f"skipped (replaced by the next readable image): cannot read "
+                                                     f"image {paths[1]}: ")
     assert issubclass(UnreadableImage, UserError)
-    with pytest.raises(UserError, match="every image of a batch of 1 was unreadable"):
+    for p in paths:
+        Path(p).write_bytes(b"nothing")
+    with pytest.raises(UserError, match="no readable image in a dataset of 4"):
         list(eval_loader(SkipUnreadable(Images()), 1, 0, rank=0, world_size=1))
+
+
+def test_an_image_folder_without_class_folders_or_images_is_one_line(tmp_path):
+    (tmp_path / "flat").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "flat" / "0.png")
+    with pytest.raises(UserError, match="cannot read the image folder .*flat: Couldn't find any class folder"):
+        image_folder(str(tmp_path / "flat"))
+    (tmp_path / "tree" / "a").mkdir(parents=True)
+    (tmp_path / "tree" / "b").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "tree" / "a" / "0.png")
+    with pytest.raises(UserError, match=r"no images in the class folder\(s\) b of .*tree \(image files end in"):
+        image_folder(str(tmp_path / "tree"))
