@@ -19,5 +19,5 @@ setup(
         "scipy",
         "ortools>=9.4",  # ortools.graph.python.linear_sum_assignment appeared in 9.4
     ],
-    extras_require={"test": ["pytest", "pytest-timeout"]},
+    extras_require={"test": ["pytest", "pytest-timeout"], "timm": ["timm>=1.0"]},
 )

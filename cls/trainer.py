@@ -24,7 +24,7 @@ from mgd.engine import (Precision, RunLog, UserError, epoch_loader, eval_loader,
 from mgd.engine.checkpoints import check_epochs_left
 
 from . import data as cdata
-from .models import build_model, cached_weights_path, default_teacher
+from .models import TIMM_PREFIX, build_model, cached_weights_path, default_teacher
 from .utils import CHECKPOINT_NAMES, evaluate, load_weights
 
 logger = logging.getLogger("cls")
@@ -77,6 +77,10 @@ def load_backbone(model: nn.Module, state: Dict[str, torch.Tensor], what: str, p
 def load_pretrained(args: argparse.Namespace, model: nn.Module, num_classes: int) -> None:
     """--pretrained: torchvision's ImageNet weights from the local cache (never downloaded); on another class
     count than ImageNet's 1000, everything but the classifier, which starts afresh."""
+    if args.arch.startswith(TIMM_PREFIX):
+        raise UserError("--pretrained: timm weights are never downloaded here; pass a local state dict with "
+                        "--student-resume FILE (e.g. timm.create_model(name, pretrained=True).state_dict() saved "
+                        "on a machine with internet)")
     where = cached_weights_path(args.arch)
     if where is None or not os.path.isfile(where):
         raise UserError(f"--pretrained: no cached ImageNet weights for {args.arch}" +

@@ -22,7 +22,8 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from .features import StageSpec, builtin_ignore_inds, make_feature_source
+from .discovery import default_positions
+from .features import StageSpec, builtin_ignore_inds, implements_protocol, make_feature_source
 from .losses.precision import float32_region
 
 __all__ = ["Distiller", "TrainableDistiller", "check_networks", "float32_region", "Layers"]
@@ -92,6 +93,11 @@ class Distiller(nn.Module):
         self.teacher_train_mode = bool(teacher_train_mode)
         t_net.requires_grad_(False)
         self._sources: List[Any] = []
+        if self.needs_features and teacher_layers is None and student_layers is None and teacher_bns is None \
+                and not (implements_protocol(t_net) or implements_protocol(s_net)):
+            positions = default_positions(t_net, s_net)  # found in the models, paired on reduction
+            if positions is not None:
+                teacher_layers, student_layers = positions
         self._student_layers_given = student_layers is not None
         if self.needs_features:
             self._t_src = self._source(t_net, teacher_layers, teacher_bns, "teacher")

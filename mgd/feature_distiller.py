@@ -20,7 +20,7 @@ from torch import nn
 
 from .base import Distiller
 from .features import unwrap
-from .margin import margin_from_bn
+from .margin import NO_MARGIN, margin_from_bn
 
 __all__ = ["PartialL2Distiller", "halving_stage_weights"]
 
@@ -81,6 +81,9 @@ class PartialL2Distiller(Distiller):
         """Recompute the margins from the teacher's current BN weights (call after changing them by hand;
         ``load_state_dict`` on the teacher or the distiller does it automatically)."""
         for i, bn in enumerate(self._margin_bns):
+            if bn is None:  # a linear stage: the target is the teacher itself
+                getattr(self, f"margin{i + 1}").fill_(NO_MARGIN)
+                continue
             margin = margin_from_bn(bn)
             if margin.numel() != self.t_channels[i]:
                 raise ValueError(f"stage {i}: margin BN has {margin.numel()} channels, the feature "

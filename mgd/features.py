@@ -39,11 +39,14 @@ class StageSpec:
               tensor an (in-place) ReLU receives.
     bn:       name of the BatchNorm that produces the pre-ReLU values (teacher side: the margins).
     channels: the feature's channel count, when it cannot be read off the named modules.
+    margin:   False for a stage with no BatchNorm + ReLU on the teacher side (a linear output): no margin,
+              the target is the teacher's feature itself (:data:`mgd.discovery.NO_MARGIN`).
     """
     module: str
     capture: str = "output"
     bn: Optional[str] = None
     channels: Optional[int] = None
+    margin: bool = True
 
     def __post_init__(self) -> None:
         if self.capture not in ("output", "input"):
@@ -242,12 +245,13 @@ class HookFeatures:
         store.clear()
         return feats, out
 
-    def bns(self) -> List[nn.Module]:
-        missing = [s.module for s in self.stages if s.bn is None]
+    def bns(self) -> List[Optional[nn.Module]]:
+        """The margin BatchNorm of each stage; None for a stage declared without margin."""
+        missing = [s.module for s in self.stages if s.bn is None and s.margin]
         if missing:
             raise ValueError(f"{self.role}: no margin BatchNorm named for stage(s) {missing}; give teacher_bns=[...]"
                              " (the BN whose output feeds each stage's ReLU)")
-        return [self._named[s.bn] for s in self.stages]
+        return [self._named[s.bn] if s.bn is not None else None for s in self.stages]
 
     def channels(self) -> List[Optional[int]]:
         out = []
@@ -278,7 +282,7 @@ def make_feature_source(model: nn.Module, layers: Optional[Sequence[Union[str, S
         if bns is not None:
             if len(bns) != len(specs):
                 raise ValueError(f"{role}: {len(bns)} margin layers given for {len(specs)} stages")
-            specs = [StageSpec(s.module, s.capture, b, s.channels) for s, b in zip(specs, bns)]
+            specs = [StageSpec(s.module, s.capture, b, s.channels, s.margin) for s, b in zip(specs, bns)]
         return HookFeatures(model, specs, role)
     if bns is not None:
         raise ValueError(f"{role}: margin layers given without the stage layers they belong to")

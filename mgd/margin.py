@@ -20,12 +20,15 @@ from torch import nn
 
 from .losses.precision import float32_region
 
-__all__ = ["get_margin_from_BN", "margin_from_bn", "distillation_loss", "margin_target", "partial_l2", "relu_floor",
-           "is_batchnorm"]
+__all__ = ["NO_MARGIN", "get_margin_from_BN", "margin_from_bn", "distillation_loss", "margin_target", "partial_l2",
+           "relu_floor", "is_batchnorm"]
 
 #: Below this probability of a negative response the closed form is numerically meaningless;
 #: OFD then uses -3 standard deviations instead.
 _MIN_NEGATIVE_PROBABILITY = 1e-3
+#: The margin of a stage with no BatchNorm + ReLU on the teacher side (a linear output): below any feature,
+#: so that ``max(teacher, margin)`` is the teacher itself; finite, so that states and checkpoints stay finite.
+NO_MARGIN = -1e30
 
 
 def is_batchnorm(module: nn.Module) -> bool:

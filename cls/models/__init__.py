@@ -7,7 +7,8 @@ torchvision families use the library's built-in stage positions; the models defi
   shufflenet_v2_x0_5 / _x1_0 / _x1_5 / _x2_0;
 * mobilenet_v1 (written here, as torchvision has none);
 * small inputs (28-32 px): cifar_resnet<depth>[_w<width>] (e.g. cifar_resnet20, cifar_resnet56,
-  cifar_resnet20_w8) and wrn_<depth>_<k> (e.g. wrn_16_2, wrn_28_4, wrn_40_2).
+  cifar_resnet20_w8) and wrn_<depth>_<k> (e.g. wrn_16_2, wrn_28_4, wrn_40_2);
+* timm/<name>: any timm CNN, created untrained; the library finds its stages (:mod:`mgd.discovery`).
 """
 from __future__ import annotations
 
@@ -32,7 +33,10 @@ _ALIASES = {"shufflenet_v2": "shufflenet_v2_x1_0"}
 _CIFAR_RESNET = re.compile(r"^cifar_resnet(\d+)(?:_w(\d+))?$")
 _WRN = re.compile(r"^wrn_(\d+)_(\d+)$")
 
-ARCH_NAMES = _TORCHVISION + ["shufflenet_v2", "mobilenet_v1", "cifar_resnet<depth>[_w<width>]", "wrn_<depth>_<k>"]
+#: Prefix of the timm models' names (``timm/resnet50``, ``timm/mobilenetv3_large_100``).
+TIMM_PREFIX = "timm/"
+ARCH_NAMES = _TORCHVISION + ["shufflenet_v2", "mobilenet_v1", "cifar_resnet<depth>[_w<width>]", "wrn_<depth>_<k>",
+                             "timm/<any timm CNN>"]
 
 _DEFAULT_TEACHERS = {"mobilenet_v1": "resnet50", "mobilenet_v2": "resnet50", "resnet50": "resnet152",
                      "resnet18": "resnet34", "resnet34": "resnet50"}
@@ -55,7 +59,20 @@ def build_model(arch: str, num_classes: int) -> nn.Module:
     m = _WRN.match(arch)
     if m:
         return WideResNet(int(m.group(1)), int(m.group(2)), num_classes)
+    if arch.startswith(TIMM_PREFIX):
+        return _timm_model(arch[len(TIMM_PREFIX):], num_classes)
     raise ValueError(f"unknown architecture {arch!r}; valid: {', '.join(ARCH_NAMES)}")
+
+
+def _timm_model(name: str, num_classes: int) -> nn.Module:
+    """An untrained timm model (its weights come from --student-resume / --teacher-resume files: nothing is
+    downloaded); the library finds its stages from timm's feature_info."""
+    import timm
+
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name}*")[:8]
+        raise ValueError(f"unknown timm model {name!r}" + (f"; similar: {', '.join(close)}" if close else ""))
+    return timm.create_model(name, pretrained=False, num_classes=num_classes)
 
 
 def stage_specs(model: nn.Module) -> Optional[List[StageSpec]]:

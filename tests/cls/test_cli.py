@@ -16,7 +16,8 @@ def test_base_trains_one_epoch_and_exports_a_plain_state_dict(image_folder, tmp_
     assert len(epochs) == 1 and 0 <= epochs[0]["top1"] <= 100 and epochs[0]["train_ce"] > 0
     run("main_base.py", *common(image_folder, out), "--overwrite")  # a fresh run into the same folder: its own log
     assert len([r for r in records(out) if "epoch" in r]) == 1
-    assert len([f for f in os.listdir(out) if f.startswith("log.") and f != "log.jsonl"]) == 1
+    aside = [f for f in os.listdir(out) if f.startswith("previous-")]  # the first run, moved aside
+    assert len(aside) == 1 and {"last.pth", "log.jsonl", "student.pth"} <= set(os.listdir(out / aside[0]))
     build_model(STUDENT, 3).load_state_dict(torch.load(out / "student.pth", weights_only=True), strict=True)
 
 
@@ -165,3 +166,22 @@ def test_resuming_with_other_method_options_is_one_line_and_exit_2(image_folder,
         proc = run("main_mgd.py", *argv, check=False)
         lines = proc.stderr.strip().splitlines()
         assert proc.returncode == 2 and len(lines) == 1 and expect in lines[0], proc.stderr
+
+
+def test_timm_student_and_teacher_train_with_discovered_stages(image_folder, tmp_path):
+    """-a timm/<name> --teacher-arch timm/<name>: the stages come from timm's feature_info, nothing is
+    downloaded (the teacher's weights are a local file)."""
+    timm = pytest.importorskip("timm")
+    teacher = tmp_path / "t.pth"
+    torch.manual_seed(0)
+    torch.save(randomize_bn(timm.create_model("resnet18", num_classes=3)).state_dict(), teacher)
+    out = tmp_path / "timm"
+    argv = common(image_folder, out) + ["--teacher-arch", "timm/resnet18", "--teacher-resume", teacher,
+                                        "--mgd-update-images", 24, "--input-size", 32]
+    argv[argv.index("-a") + 1] = "timm/mobilenetv3_small_050"
+    proc = run("main_mgd.py", *argv)
+    assert "mgd stage 3: teacher 512 -> student 288 channels" in proc.stdout
+    epochs = [r for r in records(out) if "epoch" in r]
+    assert len(epochs) == 1 and math.isfinite(epochs[0]["train_distill"]) and epochs[0]["train_distill"] > 0
+    wrong = run("main_mgd.py", *argv, "-a", "timm/no_such_net", check=False)
+    assert wrong.returncode == 2 and "unknown timm model 'no_such_net'" in wrong.stderr
