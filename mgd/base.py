@@ -60,6 +60,8 @@ class Distiller(nn.Module):
     needs_features: bool = True
     preReLU: bool = True  # stage features as captured (pre-ReLU); MGD's preReLU=False applies a ReLU
     prepare_name: str = "prepare"
+    #: Whether each distilled teacher stage must be at least as wide as its student stage (MGD's matching).
+    wider_teacher: bool = False
     _NETWORK_PREFIXES = ("t_net.", "s_net.")
 
     def __init_subclass__(cls, **kwargs) -> None:
@@ -95,7 +97,7 @@ class Distiller(nn.Module):
         self._sources: List[Any] = []
         if self.needs_features and teacher_layers is None and student_layers is None and teacher_bns is None \
                 and not (implements_protocol(t_net) or implements_protocol(s_net)):
-            positions = default_positions(t_net, s_net)  # found in the models, paired on reduction
+            positions = default_positions(t_net, s_net, self.wider_teacher)  # found in the models, paired
             if positions is not None:
                 teacher_layers, student_layers = positions
         self._student_layers_given = student_layers is not None
@@ -206,6 +208,12 @@ class Distiller(nn.Module):
 
     def prepare_summary(self) -> Dict[str, Any]:
         """A few numbers about the last :meth:`prepare`, for the run log."""
+        return {}
+
+    def prepare_artifacts(self) -> Dict[str, torch.Tensor]:
+        """Tensors of the last :meth:`prepare` worth keeping beside the run log but not in the checkpoint
+        (MGD: the cost matrices and indices of the last matching, for :mod:`mgd.plot`); CPU tensors, the same
+        on every process. Default: none."""
         return {}
 
     # ------------------------------------------------------------------------------------------ training

@@ -34,6 +34,10 @@ logger = logging.getLogger("mgd")
 
 #: Activations whose input is a pre-ReLU feature with OFD's margin semantics (zero below 0).
 ACTIVATIONS = (nn.ReLU, nn.ReLU6)
+#: Any elementwise activation that can end a stage: its input is captured (pre-activation) whatever it is;
+#: margins only for :data:`ACTIVATIONS`.
+ANY_ACTIVATION = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
+                  nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Sigmoid, nn.Tanh, nn.Softplus)
 #: Module names on a block's shortcut: their BatchNorm never feeds the stage's activation alone.
 _SHORTCUT_WORDS = ("downsample", "shortcut", "proj", "skip")
 #: The smallest reduction distilled (the stem, at 2, is not).
@@ -65,28 +69,41 @@ def _timm_candidates(model: nn.Module) -> Optional[List[Tuple[str, int]]]:
 def _trunk(model: nn.Module, outputs: Dict[str, torch.Tensor]) -> Optional[str]:
     """Name of the nn.Sequential with a 4-D output that holds most parameters (``features`` of EfficientNet,
     MobileNetV3, ConvNeXt, DenseNet; ``trunk_output`` of RegNet), or None."""
-    best, best_count = None, 0
+    best, best_count = None, -1
     for name, module in model.named_modules():
-        if isinstance(module, nn.Sequential) and name in outputs:
+        if isinstance(module, nn.Sequential) and name in outputs and len(module) > 1:
             count = sum(p.numel() for p in module.parameters())
             if count > best_count:
                 best, best_count = name, count
     return best
 
 
+def _is_head_conv(module: nn.Module) -> bool:
+    """A 1x1 convolution block (conv + norm + activation): the classifier-side head of EfficientNet /
+    MobileNetV3 at the trunk's end, not a stage."""
+    convs = [m for m in module.modules() if isinstance(m, nn.Conv2d)]
+    return len(convs) == 1 and convs[0].kernel_size == (1, 1) and not isinstance(module, nn.Conv2d)
+
+
 def stage_candidates(model: nn.Module, outputs: Dict[str, torch.Tensor], size: int) -> List[Tuple[str, int]]:
-    """(module, reduction) of each stage: timm's ``feature_info``, else the last child of the trunk at each
-    reduction (``outputs``: the traced 4-D output of every module for a ``size`` x ``size`` input)."""
-    found = _timm_candidates(model)
-    if found is not None:
-        return found
+    """(module, reduction) of each stage: timm's ``feature_info`` (of the model, or of a submodule that holds
+    it, e.g. a wrapper's backbone), else the last child of the trunk at each reduction, a final 1x1 head
+    convolution excepted (``outputs``: the traced 4-D output of every module for a ``size`` x ``size`` input)."""
+    for prefix, module in model.named_modules():
+        found = _timm_candidates(module)
+        if found is not None:
+            return [(f"{prefix}.{name}" if prefix else name, reduction) for name, reduction in found]
     trunk = _trunk(model, outputs)
     if trunk is None:
-        raise ValueError(f"{type(model).__name__}: no timm feature_info and no nn.Sequential trunk to find stages "
-                         "in; name the stage layers (teacher_layers=[...], student_layers=[...])")
+        raise ValueError(f"{type(model).__name__}: no stage positions found (no timm feature_info and no "
+                         "nn.Sequential trunk to find stages in); name its pre-ReLU stage layers "
+                         "(teacher_layers=[...], student_layers=[...])")
+    children = list(model.get_submodule(trunk).named_children())
+    if len(children) > 1 and _is_head_conv(children[-1][1]):
+        children = children[:-1]
     last: Dict[int, str] = {}
-    for child, _ in model.get_submodule(trunk).named_children():
-        name = f"{trunk}.{child}"
+    for child, _ in children:
+        name = f"{trunk}.{child}" if trunk else child
         if name in outputs:
             last[size // outputs[name].shape[-1]] = name
     return [(name, reduction) for reduction, name in sorted(last.items())]
@@ -111,27 +128,43 @@ def _trace(model: nn.Module, size: int) -> Tuple[Dict[str, torch.Tensor], Dict[s
             if isinstance(output, torch.Tensor) and output.dim() == 4:
                 outputs[name] = output
         handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
-    device = next(iter(model.parameters())).device
-    was_training = model.training
+    first = next(iter(model.parameters()))
+    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    channels = conv.in_channels if conv is not None else 3
+    image = torch.randn(1, channels, size, size, generator=torch.Generator().manual_seed(0))  # no global RNG
+    modes = {m: m.training for m in model.modules()}
     model.eval()
     try:
         with torch.no_grad():
-            model(torch.randn(1, 3, size, size, device=device))
+            model(image.to(device=first.device, dtype=first.dtype))
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)
+        for m, mode in modes.items():  # each module's own mode (a frozen BN stays in eval)
+            m.training = mode
     return outputs, started, inputs_
 
 
+def _traced(model: nn.Module, size: int):
+    """:func:`_trace` at ``size``, or at 224 px for models that need larger inputs (Inception); (size, trace)."""
+    for side in dict.fromkeys((size, 224)):
+        try:
+            return side, _trace(model, side)
+        except RuntimeError as exc:
+            error = exc
+    reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+    raise ValueError(f"{type(model).__name__}: a forward of a {size} or 224 px image failed ({reason}); name the "
+                     "stage layers (teacher_layers=[...], student_layers=[...])") from error
+
+
 def _final_activation(model: nn.Module, stage: str, outputs: Dict[str, torch.Tensor]) -> Optional[str]:
-    """The ReLU-family activation inside ``stage`` (or the stage itself) whose output is the stage's output."""
+    """The activation module inside ``stage`` (or the stage itself) whose output is the stage's output."""
     out = outputs.get(stage)
     if out is None:
         return None
     for name, module in model.get_submodule(stage).named_modules():
         full = f"{stage}.{name}" if name else stage
-        if isinstance(module, ACTIVATIONS) and outputs.get(full) is out:
+        if isinstance(module, ANY_ACTIVATION) and outputs.get(full) is out:
             return full
     return None
 
@@ -154,7 +187,7 @@ def discover_stages(model: nn.Module, size: int = _TRACE_SIZE) -> List[Discovere
     """The distillation positions of ``model`` (a timm or torchvision CNN taking 3-channel images): one per
     stage at reduction >= 4, with its capture point and margin BatchNorm (see the module docstring)."""
     m = unwrap(model)
-    outputs, started, _ = _trace(m, size)
+    size, (outputs, started, _) = _traced(m, size)
     stages = []
     for module, reduction in stage_candidates(m, outputs, size):
         if reduction < MIN_REDUCTION:
@@ -163,22 +196,24 @@ def discover_stages(model: nn.Module, size: int = _TRACE_SIZE) -> List[Discovere
             raise ValueError(f"{type(m).__name__}: stage {module!r} gave no 4-D feature map")
         channels = int(outputs[module].shape[1])
         activation = _final_activation(m, module, outputs)
-        bn = None if activation is None else _margin_bn(m, activation, channels, started)
+        relu = activation is not None and isinstance(m.get_submodule(activation), ACTIVATIONS)
+        bn = _margin_bn(m, activation, channels, started) if relu else None
         if activation is None:
             spec = StageSpec(module, capture="output", channels=channels, margin=False)
         else:
             spec = StageSpec(activation, capture="input", bn=bn, channels=channels, margin=bn is not None)
         stages.append(DiscoveredStage(spec, reduction, activation))
-    if not stages:
-        raise ValueError(f"{type(m).__name__}: no stage positions found (no stage at reduction >= {MIN_REDUCTION}); "
-                         "name its pre-ReLU stage layers (teacher_layers=[...], student_layers=[...])")
+    if len(stages) < 2:
+        found = f"only {stages[0].spec.module}" if stages else "none"
+        raise ValueError(f"{type(m).__name__}: no stage positions found (stages at reduction >= {MIN_REDUCTION}: "
+                         f"{found}); name its pre-ReLU stage layers (teacher_layers=[...], student_layers=[...])")
     return stages
 
 
 def locate_stages(model: nn.Module, specs: Sequence[StageSpec], size: int = _TRACE_SIZE) -> List[DiscoveredStage]:
     """Known positions (a built-in table, named layers) with their reductions, read off one traced forward."""
     m = unwrap(model)
-    outputs, _, inputs = _trace(m, size)
+    size, (outputs, _, inputs) = _traced(m, size)
     located = []
     for spec in specs:
         feature = (inputs if spec.capture == "input" else outputs).get(spec.module)
@@ -189,7 +224,8 @@ def locate_stages(model: nn.Module, specs: Sequence[StageSpec], size: int = _TRA
     return located
 
 
-def default_positions(t_net: nn.Module, s_net: nn.Module) -> Optional[Tuple[List[StageSpec], List[StageSpec]]]:
+def default_positions(t_net: nn.Module, s_net: nn.Module, wider_teacher: bool = True
+                      ) -> Optional[Tuple[List[StageSpec], List[StageSpec]]]:
     """The paired stage positions of two models that name none: built-in tables where the library has them,
     discovery elsewhere, paired on reduction. None when both have built-in tables (they keep the original's
     stage-by-stage pairing and its ignored stages)."""
@@ -198,7 +234,7 @@ def default_positions(t_net: nn.Module, s_net: nn.Module) -> Optional[Tuple[List
         return None
     found = [locate_stages(net, table) if table is not None else discover_stages(net)
              for net, table in zip((t_net, s_net), tables)]
-    teacher, student = pair_stages(*found)
+    teacher, student = pair_stages(*found, wider_teacher=wider_teacher)
     unbounded = [t.spec.module for t in teacher if t.spec.bn is None]
     if unbounded:
         logger.warning("teacher stages without a BatchNorm + ReLU before them: %s; their target is the teacher's "
@@ -206,27 +242,39 @@ def default_positions(t_net: nn.Module, s_net: nn.Module) -> Optional[Tuple[List
     return [t.spec for t in teacher], [s.spec for s in student]
 
 
-def pair_stages(teacher: Sequence[DiscoveredStage], student: Sequence[DiscoveredStage]
-                ) -> Tuple[List[DiscoveredStage], List[DiscoveredStage]]:
-    """Teacher and student stages paired on equal reduction. Stages without a partner, and pairs whose
-    teacher is narrower than its student (MGD matches several teacher channels to each student channel),
-    are dropped with a warning naming them; ValueError when no pair remains."""
-    by_reduction = {s.reduction: s for s in student}
-    t_kept, s_kept, dropped = [], [], []
-    for t in teacher:
-        s = by_reduction.pop(t.reduction, None)
+def pair_stages(teacher: Sequence[DiscoveredStage], student: Sequence[DiscoveredStage],
+                wider_teacher: bool = True) -> Tuple[List[DiscoveredStage], List[DiscoveredStage]]:
+    """Teacher and student stages paired on equal reduction (the deepest of several stages at one
+    reduction). Stages without a partner, and with ``wider_teacher`` (MGD matches several teacher channels to
+    each student channel) pairs whose teacher is narrower than its student, are dropped with a warning
+    naming them; ValueError when no pair remains."""
+    dropped: List[str] = []
+
+    def deepest(stages: Sequence[DiscoveredStage], role: str) -> Dict[int, DiscoveredStage]:
+        kept: Dict[int, DiscoveredStage] = {}
+        for stage in stages:
+            if stage.reduction in kept:
+                dropped.append(f"{role} {kept[stage.reduction].spec.module} (a deeper stage at reduction "
+                               f"{stage.reduction})")
+            kept[stage.reduction] = stage
+        return kept
+    by_teacher, by_student = deepest(teacher, "teacher"), deepest(student, "student")
+    t_kept, s_kept = [], []
+    for reduction, t in sorted(by_teacher.items()):
+        s = by_student.pop(reduction, None)
         if s is None:
             dropped.append(f"teacher {t.spec.module} (reduction {t.reduction}: no student stage)")
-        elif t.spec.channels < s.spec.channels:
+        elif wider_teacher and t.spec.channels < s.spec.channels:
             dropped.append(f"teacher {t.spec.module} ({t.spec.channels} channels) narrower than student "
                            f"{s.spec.module} ({s.spec.channels})")
         else:
             t_kept.append(t)
             s_kept.append(s)
-    dropped += [f"student {s.spec.module} (reduction {s.reduction}: no teacher stage)" for s in by_reduction.values()]
+    dropped += [f"student {s.spec.module} (reduction {s.reduction}: no teacher stage)" for s in by_student.values()]
     if dropped:
         logger.warning("stages not distilled: %s", "; ".join(dropped))
     if not t_kept:
-        raise ValueError("no teacher stage pairs with a student stage of the same reduction and at most its "
-                         f"channels ({'; '.join(dropped)}); name the stage layers")
+        raise ValueError("no teacher stage pairs with a student stage of the same reduction"
+                         + (" and at most its channels" if wider_teacher else "") + f" ({'; '.join(dropped)}); "
+                         "name the stage layers")
     return t_kept, s_kept

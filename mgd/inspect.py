@@ -30,6 +30,8 @@ def create_model(name: str) -> nn.Module:
             import timm
         except ImportError as exc:
             raise ValueError("timm models need the timm package (pip install timm)") from exc
+        if not timm.is_model(name[len("timm/"):]):
+            raise ValueError(f"unknown timm model {name[len('timm/'):]!r}")
         return timm.create_model(name[len("timm/"):], pretrained=False)
     import torchvision
     try:

@@ -67,8 +67,10 @@ def build_model(arch: str, num_classes: int) -> nn.Module:
 def _timm_model(name: str, num_classes: int) -> nn.Module:
     """An untrained timm model (its weights come from --student-resume / --teacher-resume files: nothing is
     downloaded); the library finds its stages from timm's feature_info."""
-    import timm
-
+    try:
+        import timm
+    except ImportError:
+        raise ValueError("timm/ models need the timm package (pip install timm)") from None
     if not timm.is_model(name):
         close = timm.list_models(f"*{name}*")[:8]
         raise ValueError(f"unknown timm model {name!r}" + (f"; similar: {', '.join(close)}" if close else ""))
