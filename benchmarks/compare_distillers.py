@@ -35,7 +35,14 @@ METHODS = {
     "KD++ (ND)": ("main_mgd.py", ["--distiller", "nd"]),
     "MGD-AMP": ("main_mgd.py", ["--distiller", "mgd", "--mgd-reducer", "amp"]),
     "MGD-AMP + KD": ("main_mgd.py", ["--distiller", "mgd", "--mgd-reducer", "amp", "--mgd-with-kd", "1"]),
+    # the loss factor's evidence (README, "--loss-factor auto"): fixed factors against the calibrated one
+    "MGD-AMP, factor 1e3": ("main_mgd.py", ["--distiller", "mgd", "--mgd-reducer", "amp", "--loss-factor", "1e3"]),
+    "MGD-AMP, factor 1e4": ("main_mgd.py", ["--distiller", "mgd", "--mgd-reducer", "amp", "--loss-factor", "1e4"]),
+    "MGD-AMP, factor 1e5": ("main_mgd.py", ["--distiller", "mgd", "--mgd-reducer", "amp", "--loss-factor", "1e5"]),
+    "MGD-AMP, factor auto": ("main_mgd.py", ["--distiller", "mgd", "--mgd-reducer", "amp", "--loss-factor", "auto"]),
 }
+#: The default comparison (the factor variants are asked for by name).
+DEFAULT_METHODS = [m for m in METHODS if ", factor " not in m]
 
 
 def parse(argv):
@@ -47,12 +54,14 @@ def parse(argv):
     p.add_argument("--results", default=os.path.join(ROOT, "output", "compare"))
     p.add_argument("--download", action="store_true")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=list(METHODS))
     p.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
     p.add_argument("--train-subset", type=int, default=15000)
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--teacher-epochs", type=int, default=4)
-    p.add_argument("--loss-factor", type=float, default=1e4)
+    p.add_argument("--loss-factor", type=float, default=1e4, help="MGD and OFD, unless the method names its own")
+    p.add_argument("--input-size", type=int, default=28, help="images resized to this side (the teacher is "
+                   "trained at it once and cached per size)")
     p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -63,15 +72,17 @@ def main(argv=None) -> None:
     prepare_data(args)
     teacher_dir, teacher_weights = ensure_teacher(args)
     queue = []
+    size_tag = f"-{args.input_size}px" if args.input_size != 28 else ""
     for seed in args.seeds:
         for method in args.methods:
             script, extra = METHODS[method]
             if script == "main_mgd.py":
                 extra = extra + ["--teacher-arch", TEACHER, "--teacher-resume", teacher_weights,
-                                 "--mgd-update-freq", "1", "--mgd-update-images", "5000",
-                                 "--loss-factor", str(args.loss_factor)]
-            slug = method.lower().replace(" ", "").replace("+", "-").replace("(", "").replace(")", "")
-            out = os.path.join(args.results, f"{slug}-seed{seed}")
+                                 "--mgd-update-freq", "1", "--mgd-update-images", "5000"]
+                if "--loss-factor" not in extra:
+                    extra += ["--loss-factor", str(args.loss_factor)]
+            slug = "".join(c for c in method.lower().replace("+", "-").replace(",", "-") if c.isalnum() or c in "-.")
+            out = os.path.join(args.results, f"{slug}-seed{seed}{size_tag}")
             args.seed = seed
             argv_run = common(args) + schedule(args.epochs) + ["-a", STUDENT, "--output-dir", out, "--overwrite"]
             argv_run += extra
@@ -104,11 +115,12 @@ def main(argv=None) -> None:
         std = statistics.stdev(vals) if len(vals) > 1 else 0.0
         lines.append(f"| {method} ({STUDENT}) | {statistics.mean(vals):.2f} ± {std:.2f} |")
     table = "\n".join(lines)
-    note = (f"Fashion-MNIST, {args.train_subset} training images, full test set, {args.epochs} epochs, "
+    note = (f"Fashion-MNIST at {args.input_size} px, {args.train_subset} training images, full test set, "
+            f"{args.epochs} epochs, "
             f"measured {date.today().isoformat()} in {time.time() - begin:.0f} s with "
             f"`python benchmarks/compare_distillers.py --seeds {' '.join(map(str, args.seeds))}`")
     print("\n" + table + "\n\n" + note)
-    with open(os.path.join(args.results, "results.md"), "w") as f:
+    with open(os.path.join(args.results, f"results{size_tag}.md"), "w") as f:
         f.write(table + "\n\n" + note + "\n\nper seed: " +
                 "; ".join(f"{m}: {', '.join(f'{v:.2f}' for v in results[m])}" for m in args.methods) + "\n")
 

@@ -45,9 +45,10 @@ def parse(argv):
 
 
 def common(args) -> List[str]:
-    """Flags every run shares: the same data, batch, optimizer (SGD with Nesterov momentum for all, although
-    the original main_base.py used plain momentum) and seed."""
-    return [args.data, "--dataset", "fashion-mnist", "--input-size", "28", "-b", "128", "--lr", "0.1",
+    """Flags every run shares: the same data, input size (28 px unless ``args.input_size``), batch, optimizer
+    (SGD with Nesterov momentum for all, although the original main_base.py used plain momentum) and seed."""
+    size = str(getattr(args, "input_size", 28))
+    return [args.data, "--dataset", "fashion-mnist", "--input-size", size, "-b", "128", "--lr", "0.1",
             "--wd", "5e-4", "--nesterov", "1", "-j", "0", "--seed", str(args.seed), "--train-subset",
             str(args.train_subset), "-p", "20"] + (["--download"] if args.download else [])
 
@@ -90,7 +91,9 @@ def final_top1(output_dir: str) -> Dict[str, float]:
 def ensure_teacher(args) -> tuple:
     """(folder, weights) of the teacher for this budget, trained once and cached under args.output."""
     os.makedirs(args.output, exist_ok=True)
-    teacher_dir = os.path.join(args.output, f"teacher-{TEACHER}-{args.train_subset}-{args.teacher_epochs}ep")
+    size = getattr(args, "input_size", 28)
+    teacher_dir = os.path.join(args.output, f"teacher-{TEACHER}-{args.train_subset}-{args.teacher_epochs}ep"
+                               + (f"-{size}px" if size != 28 else ""))
     teacher_weights = os.path.join(teacher_dir, "student.pth")
     if os.path.isfile(teacher_weights) and final_top1(teacher_dir)["epochs"] == args.teacher_epochs:
         print(f"teacher: cached in {teacher_dir}", flush=True)

@@ -30,7 +30,8 @@ from cls.utils import accuracy, common_parser, finish_args, make_scheduler
 from mgd.engine import (RunLog, UserError, launch, mean_terms, prepare_loader, prepare_if_due, run_cli, worker_guard,
                         wrap_for_training)
 from mgd.distillers import option_default
-from mgd.engine.args import distiller_options_from_args, non_negative_float, positive_float, positive_int
+from mgd.engine.args import (distiller_options_from_args, loss_factor, non_negative_float, positive_float,
+                             positive_int)
 
 logger = logging.getLogger("cls")
 
@@ -39,9 +40,12 @@ def get_parser():
     p = common_parser(__doc__.strip().splitlines()[0], nesterov=1)
     p.add_argument("--distiller", default="mgd", choices=sorted(mgd.DISTILLERS))
     g = p.add_argument_group("method options (unset: the method's paper default)")
-    g.add_argument("--loss-factor", default=None, type=positive_float, help="mgd/ofd: the distillation loss is "
-                   "divided by the batch size and this factor (default 1e4, the original's value at 224 px; pick it "
-                   "so the distillation term starts near the cross-entropy: the first step logs both)")
+    g.add_argument("--loss-factor", default=None, type=loss_factor, help="mgd/ofd: the distillation loss is "
+                   "divided by the batch size and this factor (default 1e4, the original's value at 224 px); 'auto': "
+                   "measured before training so that the distillation term starts at --loss-ratio times the "
+                   "cross-entropy (kept in the checkpoint; the first step logs both terms)")
+    g.add_argument("--loss-ratio", default=None, type=positive_float, help="mgd/ofd with --loss-factor auto: the "
+                   "distillation term's start as a multiple of the cross-entropy (default 0.5)")
     g.add_argument("--mgd-reducer", default=None, choices=["amp", "rd", "sp", "sm"], help="mgd: channel reducer "
                    "(default amp)")
     g.add_argument("--mgd-update-freq", default=2, type=positive_int, help="mgd: re-solve the matching every N epochs")

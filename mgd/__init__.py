@@ -16,12 +16,13 @@ application support shared by the training scripts (launch, logs, resume, loader
 from . import builder, features, margin, matching, reducers, sampler  # noqa: F401
 from .base import Distiller, TrainableDistiller
 from .builder import MGDistiller, SMDistiller
+from .calibration import calibrate_loss_factor
 from .distillers import DISTILLERS, build_distiller
 from .features import StageSpec
 from .margin import distillation_loss, get_margin_from_BN
 from .matching import match_channels
 from .update import mgd_update
 
-__all__ = ["build_distiller", "DISTILLERS", "Distiller", "TrainableDistiller", "MGDistiller", "SMDistiller",
+__all__ = ["build_distiller", "calibrate_loss_factor", "DISTILLERS", "Distiller", "TrainableDistiller", "MGDistiller", "SMDistiller",
            "StageSpec", "mgd_update", "match_channels", "get_margin_from_BN", "distillation_loss"]
 __version__ = "0.2.0"

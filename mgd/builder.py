@@ -27,6 +27,7 @@ from torch import nn
 
 from . import distributed as mdist
 from .base import TrainableDistiller, float32_region
+from .calibration import DEFAULT_CALIBRATION_IMAGES, DEFAULT_LOSS_RATIO
 from .feature_distiller import PartialL2Distiller, halving_stage_weights
 from .features import StageSpec
 from .losses import kd_loss
@@ -109,7 +110,9 @@ class MGDistiller(PartialL2Distiller):
             the networks already belong to a larger model (e.g. a detector holding both): the distiller's
             state_dict then holds only its own state and the owner moves the networks between devices.
         loss_factor: :meth:`forward_train` divides the summed distillation loss by the batch size and this
-            factor (1e4, the original's value at 224 px; the right value depends on the input size).
+            factor (1e4, the original's value at 224 px; the right value depends on the input size). "auto":
+            measured after the first matching so that the distillation term starts at ``loss_ratio`` times
+            the cross-entropy, on ``calibration_images`` images (:func:`mgd.calibrate_loss_factor`).
         update_freq: :meth:`prepare_due` asks for a new matching before every ``update_freq``-th epoch
             (the original's ``--mgd-update-freq``, 2).
         update_epochs: instead, the epochs (0-based) before which to re-solve, e.g. the log-spaced list of
@@ -121,7 +124,12 @@ class MGDistiller(PartialL2Distiller):
             ResNet-50 -> MobileNetV2 differed under autocast), so the matching does not depend on ``--amp``.
     """
 
+    wider_teacher = True  # matching assigns several teacher channels to each student channel
     prepare_name = "matching"
+    #: seconds of the tracking pass that precedes the next update_flow (set by mgd_update; None: unknown)
+    track_seconds: Optional[float] = None
+    _last_track_seconds: Optional[float] = None
+    factor_terms = ("distill",)
 
     def __init__(self, t_net: nn.Module, s_net: nn.Module, ignore_inds: Optional[Sequence[int]] = None,
                  reducer: str = "amp", sync_bn: bool = False, with_kd: bool = False, preReLU: bool = True,
@@ -138,7 +146,9 @@ class MGDistiller(PartialL2Distiller):
                  kd_temperature: float = 1.5,
                  teacher_train_mode: bool = False,
                  own_networks: bool = True,
-                 loss_factor: float = 1e4,
+                 loss_factor: Union[float, str] = 1e4,
+                 loss_ratio: float = DEFAULT_LOSS_RATIO,
+                 calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
                  update_freq: int = 2,
                  update_epochs: Optional[Sequence[int]] = None,
                  update_images: Optional[int] = DEFAULT_UPDATE_IMAGES,
@@ -156,7 +166,8 @@ class MGDistiller(PartialL2Distiller):
         self.det = bool(det)
         super().__init__(t_net, s_net, teacher_layers=teacher_layers, student_layers=student_layers,
                          teacher_bns=teacher_bns, teacher_train_mode=teacher_train_mode, own_networks=own_networks,
-                         ignore_inds=ignore_inds, loss_factor=loss_factor, stage_weights=stage_weights,
+                         ignore_inds=ignore_inds, loss_factor=loss_factor, loss_ratio=loss_ratio,
+                         calibration_images=calibration_images, stage_weights=stage_weights,
                          teacher_channels=teacher_channels, student_channels=student_channels,
                          example_input=example_input)
         self.sync_bn = bool(sync_bn)
@@ -332,9 +343,9 @@ class MGDistiller(PartialL2Distiller):
 
     # ------------------------------------------------------------------------------------------ matching
     def prepare_due(self, epoch: int) -> bool:
-        """True before the first epoch trained without a matching, then before every ``update_freq``-th
-        epoch (or the epochs in ``update_epochs``), once per epoch."""
-        if not self._matched:
+        """True before the first epoch trained without a matching (or an uncalibrated ``loss_factor='auto'``),
+        then before every ``update_freq``-th epoch (or the epochs in ``update_epochs``), once per epoch."""
+        if not self._matched or self.needs_calibration:
             return True
         if epoch == int(self.prepared_epoch):
             return False
@@ -348,15 +359,38 @@ class MGDistiller(PartialL2Distiller):
         _update(loader, self, max_images=self.update_images)
         if epoch is not None:
             self.prepared_epoch.fill_(int(epoch))
+        if self.needs_calibration:  # after the first matching: the distillation term needs one
+            self.calibrate(loader)
 
     def prepared_state(self) -> List[torch.Tensor]:
-        return self.guided_inds
+        return self.guided_inds + super().prepared_state()
 
     def prepare_summary(self) -> Dict[str, Any]:
-        summary: Dict[str, Any] = {"num_updates": int(self.num_updates)}
+        """The last matching, per distilled stage i: ``stage{i}_matched_cost`` (mean cost of the matched pairs),
+        ``stage{i}_random_cost`` (a random assignment's expected mean cost: what matching buys),
+        ``stage{i}_changed`` (fraction of teacher channels whose student changed since the previous matching;
+        None at the first), ``stage{i}_solve_seconds``; and ``track_seconds`` (the tracking pass, this rank)."""
+        summary: Dict[str, Any] = {**super().prepare_summary(), "num_updates": int(self.num_updates)}
         for r in self._last_reports:
             summary[f"stage{r.stage}_matched_cost"] = round(r.mean_cost, 6)
+            summary[f"stage{r.stage}_random_cost"] = round(r.random_cost, 6)
+            summary[f"stage{r.stage}_changed"] = None if r.changed is None else round(r.changed, 6)
+            summary[f"stage{r.stage}_solve_seconds"] = round(r.seconds, 4)
+        if self._last_reports and self._last_track_seconds is not None:
+            summary["track_seconds"] = round(self._last_track_seconds, 3)
         return summary
+
+    def prepare_artifacts(self) -> Dict[str, torch.Tensor]:
+        """The last matching's tensors for the run folder (``matching_last.pth``, :mod:`mgd.plot`): per distilled
+        stage i, ``stage{i}_cost`` (the (sc, tc) mean cost, CPU float32) and ``stage{i}_guided_inds``; empty
+        before the first update of this process (the matrices are not part of the checkpoint)."""
+        if not self._last_reports:
+            return {}
+        out: Dict[str, torch.Tensor] = {"num_updates": self.num_updates.detach().cpu().clone()}
+        for r in self._last_reports:
+            out[f"stage{r.stage}_cost"] = r.cost
+            out[f"stage{r.stage}_guided_inds"] = getattr(self, f"guided_inds{r.stage + 1}").detach().cpu().clone()
+        return out
 
     def extract_feature(self, x: torch.Tensor) -> None:
         """Track one batch for the next matching: accumulate the costs of raw student vs teacher features."""
@@ -388,19 +422,24 @@ class MGDistiller(PartialL2Distiller):
         """Solve the matching from the tracked statistics (all ranks reduced) and store the guided indices."""
         device = self.num_updates.device
         shapes = [(self.s_channels[i], self.t_channels[i]) for i in self.stages]
+        previous = [getattr(self, f"guided_inds{i + 1}").clone() for i in self.stages] if self._matched else None
+        track_seconds, self.track_seconds = self.track_seconds, None  # set by mgd_update for this pass only
         try:
             inds, reports = self._tracker.solve(self.stages, shapes, device, [self.groups[i] for i in self.stages],
-                                                self.solver)
+                                                self.solver, previous=previous)
         finally:
             self.init_flow()
         for stage, ind in zip(self.stages, inds):
             getattr(self, f"guided_inds{stage + 1}").copy_(ind)
         self.num_updates += 1
         self._matched = True
-        self._last_reports = reports
+        self._last_reports = reports  # holds the cost matrices of the last update only
+        self._last_track_seconds = track_seconds
         for r in reports:
-            logger.info("mgd matching %d, stage %d: cost %dx%d solved in %.3f s, mean matched cost %.4f",
-                        int(self.num_updates), r.stage, r.shape[0], r.shape[1], r.seconds, r.mean_cost)
+            changed = "first matching" if r.changed is None else f"{100 * r.changed:.1f}% of teacher channels moved"
+            logger.info("mgd matching %d, stage %d: cost %dx%d solved in %.3f s, mean matched cost %.4f vs %.4f "
+                        "random, %s", int(self.num_updates), r.stage, r.shape[0], r.shape[1], r.seconds,
+                        r.mean_cost, r.random_cost, changed)
 
     # ------------------------------------------------------------------------------------------ training
     def _check_features(self, t_feats, s_feats) -> None:

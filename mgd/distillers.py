@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import inspect
 import time
-from typing import Any, Dict, Iterable, List, Optional, Set, Type
+from typing import Any, Dict, Iterable, List, Optional, Set, Type, Union
 
 import torch
 from torch import nn
@@ -89,7 +89,9 @@ class OFDistiller(PartialL2Distiller):
     CIFAR). ``teacher_train_mode=True`` keeps the teacher's BN in train mode, as the paper's code does.
     """
 
-    def __init__(self, t_net: nn.Module, s_net: nn.Module, loss_factor: float = 1e4, **kwargs) -> None:
+    factor_terms = ("ofd",)
+
+    def __init__(self, t_net: nn.Module, s_net: nn.Module, loss_factor: Union[float, str] = 1e4, **kwargs) -> None:
         super().__init__(t_net, s_net, loss_factor=loss_factor, **kwargs)
         self.connectors = nn.ModuleList([  # none (an Identity) for an ignored stage: no unused parameters
             nn.Sequential(nn.Conv2d(s, t, 1, bias=False), nn.BatchNorm2d(t)) if i in self.stages else nn.Identity()

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import math
 import weakref
-from typing import List, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
 from .base import Distiller
+from .calibration import DEFAULT_CALIBRATION_IMAGES, DEFAULT_LOSS_RATIO, calibrate_loss_factor
 from .features import unwrap
 from .margin import NO_MARGIN, margin_from_bn
 
@@ -28,6 +29,12 @@ __all__ = ["PartialL2Distiller", "halving_stage_weights"]
 def halving_stage_weights(num_stages: int) -> List[float]:
     """1 / 2^(n-i-1) for stage i of n: the last stage weighs 1, each earlier one half the next."""
     return [1.0 / 2 ** (num_stages - i - 1) for i in range(num_stages)]
+
+
+def _sync_loss_factor(module: "PartialL2Distiller", keys) -> None:
+    """After a state dict is loaded: a calibrated factor is used, not measured again."""
+    value = float(module.calibrated_loss_factor)
+    module.loss_factor = value if value > 0 else math.nan
 
 
 def _recompute_margins(distiller_ref: "weakref.ReferenceType", module: nn.Module, keys) -> None:
@@ -41,21 +48,40 @@ class PartialL2Distiller(Distiller):
 
     Args (beyond :class:`~mgd.base.Distiller`'s):
         ignore_inds: stages not distilled (None: the student family's default, see ``_select_stages``).
-        loss_factor: the summed loss is divided by the batch size and this factor (``normalise``).
+        loss_factor: the summed loss is divided by the batch size and this factor (``normalise``); "auto":
+            measured by :meth:`prepare` so that the distillation term starts at ``loss_ratio`` times the
+            cross-entropy, on ``calibration_images`` images (:func:`mgd.calibrate_loss_factor`), then kept
+            in the state dict (a resumed run does not measure it again).
         stage_weights: per-stage weights (default :func:`halving_stage_weights`).
         teacher_channels, student_channels, example_input: where channel counts cannot be read off the
             named modules (see :meth:`~mgd.base.Distiller._stage_channels`).
     """
 
+    #: The loss terms divided by the loss factor (what :func:`mgd.calibrate_loss_factor` measures).
+    factor_terms: Tuple[str, ...] = ()
+    prepare_name = "loss_factor"
+
     def __init__(self, t_net: nn.Module, s_net: nn.Module, *, ignore_inds: Optional[Sequence[int]] = None,
-                 loss_factor: float = 1e4, stage_weights: Optional[Sequence[float]] = None,
+                 loss_factor: Union[float, str] = 1e4, loss_ratio: float = DEFAULT_LOSS_RATIO,
+                 calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
+                 stage_weights: Optional[Sequence[float]] = None,
                  teacher_channels: Optional[Sequence[int]] = None,
                  student_channels: Optional[Sequence[int]] = None,
                  example_input: Optional[torch.Tensor] = None, **kwargs) -> None:
         super().__init__(t_net, s_net, **kwargs)
-        if not (isinstance(loss_factor, (int, float)) and math.isfinite(loss_factor) and loss_factor > 0):
-            raise ValueError(f"loss_factor must be a positive number, got {loss_factor!r}")
-        self.loss_factor = float(loss_factor)
+        self.auto_loss_factor = loss_factor == "auto"
+        if self.auto_loss_factor:
+            if not (isinstance(loss_ratio, (int, float)) and math.isfinite(loss_ratio) and loss_ratio > 0):
+                raise ValueError(f"loss_ratio must be a positive number, got {loss_ratio!r}")
+            # 0 until calibrated; in the state dict, so that a resumed run keeps its factor
+            self.register_buffer("calibrated_loss_factor", torch.zeros((), dtype=torch.float64))
+            self.register_load_state_dict_post_hook(_sync_loss_factor)
+            self.loss_factor = math.nan
+        elif not (isinstance(loss_factor, (int, float)) and math.isfinite(loss_factor) and loss_factor > 0):
+            raise ValueError(f"loss_factor must be a positive number or 'auto', got {loss_factor!r}")
+        else:
+            self.loss_factor = float(loss_factor)
+        self.loss_ratio, self.calibration_images = float(loss_ratio), int(calibration_images)
         self.t_channels, self.s_channels = self._stage_channels(teacher_channels, student_channels, example_input)
         n = len(self.t_channels)
         self._select_stages(n, ignore_inds)
@@ -96,7 +122,40 @@ class PartialL2Distiller(Distiller):
 
     def normalise(self, total: torch.Tensor, batch_size: int) -> torch.Tensor:
         """The summed stage loss per image and divided by the loss factor: the term added to the task loss."""
+        if self.loss_factor != self.loss_factor:  # NaN: "auto", not calibrated yet
+            raise RuntimeError("loss_factor='auto' is not calibrated yet: call prepare(loader) before training")
         return total / batch_size / self.loss_factor
+
+    # ------------------------------------------------------------------------------------------ loss factor
+    @property
+    def needs_calibration(self) -> bool:
+        """True while ``loss_factor='auto'`` has not been measured (nor loaded from a checkpoint)."""
+        return self.auto_loss_factor and not self.loss_factor == self.loss_factor
+
+    def set_loss_factor(self, factor: float) -> None:
+        """Use ``factor`` from now on (kept in the state dict with ``loss_factor='auto'``)."""
+        self.loss_factor = float(factor)
+        if self.auto_loss_factor:
+            self.calibrated_loss_factor.fill_(self.loss_factor)
+
+    def calibrate(self, loader: Iterable) -> None:
+        """Measure and set the loss factor (:func:`mgd.calibrate_loss_factor`, cross-entropy as the task loss,
+        ``loss_ratio``, ``calibration_images``); ``loader`` must be iterable again (a DataLoader)."""
+        self.set_loss_factor(calibrate_loss_factor(self, loader, ratio=self.loss_ratio,
+                                                   max_images=self.calibration_images))
+
+    def prepare_due(self, epoch: int) -> bool:
+        return self.needs_calibration
+
+    def prepare(self, loader: Iterable, epoch: Optional[int] = None) -> None:
+        if self.needs_calibration:
+            self.calibrate(loader)
+
+    def prepared_state(self) -> List[torch.Tensor]:
+        return [self.calibrated_loss_factor] if self.auto_loss_factor else []
+
+    def prepare_summary(self) -> Dict[str, Any]:
+        return {"loss_factor": self.loss_factor} if self.auto_loss_factor else {}
 
     def close(self) -> None:
         super().close()

@@ -8,20 +8,26 @@ Each teacher channel goes to exactly one student channel and each student channe
 teacher channels. When tc % sc == 0 this transportation problem is solved exactly as a linear assignment
 on the cost tiled g times into a (tc, tc) square. When tc % sc != 0 the (g*sc, tc) rectangular problem
 is solved, which picks the best g*sc teacher channels (the original dropped the last ones instead).
+
+Each solve also reports what the matching buys and how much it moves (:class:`MatchReport`): the mean
+matched cost beside the mean cost of a random assignment of the same shape, and the fraction of teacher
+channels whose student changed since the previous matching.
 """
 from __future__ import annotations
 
 import logging
+import math
 import time
-from dataclasses import dataclass
-from typing import List, Optional, Sequence, Union
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
 from . import distributed as mdist
 
-__all__ = ["match_channels", "batch_cost_sum", "CostTracker", "SOLVERS", "MatchReport"]
+__all__ = ["match_channels", "batch_cost_sum", "CostTracker", "SOLVERS", "MatchReport", "random_assignment_cost",
+           "matched_cost", "student_of_teacher", "changed_fraction", "assignment_order"]
 
 logger = logging.getLogger("mgd")
 
@@ -123,13 +129,70 @@ def match_channels(cost: Union[np.ndarray, torch.Tensor], solver: str = "ortools
     return torch.from_numpy(solve(tiled))
 
 
+def matched_cost(cost: torch.Tensor, inds: torch.Tensor) -> float:
+    """Mean cost of the matched (student, teacher) pairs: entry k*sc + j of ``inds`` is paired with row j."""
+    rows = torch.arange(inds.numel()) % cost.shape[0]
+    return cost.cpu()[rows, inds.cpu()].double().mean().item()
+
+
+def random_assignment_cost(cost: torch.Tensor) -> float:
+    """Expected :func:`matched_cost` of a uniformly random assignment of the same shape: the mean of ``cost``.
+
+    Whatever the number of groups, each row of the tiled problem is given a uniformly random teacher column,
+    so every matched entry has expectation mean_t cost[j, t] and their mean is the mean of all entries. It is
+    the baseline that says what the matching buys (0 for the matched cost would be a perfect copy).
+    """
+    return cost.double().mean().item()
+
+
+def student_of_teacher(inds: torch.Tensor, num_student: int, num_teacher: int) -> torch.Tensor:
+    """(tc,) LongTensor: the student channel each teacher channel is matched to, -1 for unmatched ones
+    (teacher channel ``inds[k*sc + j]`` goes to student j)."""
+    inds = inds.detach().cpu().long()
+    out = torch.full((num_teacher,), -1, dtype=torch.long)
+    valid = inds >= 0
+    out[inds[valid]] = (torch.arange(inds.numel()) % num_student)[valid]
+    return out
+
+
+def changed_fraction(previous: Optional[torch.Tensor], current: torch.Tensor, num_student: int,
+                     num_teacher: int) -> Optional[float]:
+    """Stability of the matching: the fraction of teacher channels matched now whose student differs from the
+    previous matching's (a channel unmatched before counts as changed). None when there is no previous
+    matching (the first update, or unset indices): there is nothing to compare with yet.
+
+    The order of the g teacher channels of one student does not matter to the reducers, so only the student
+    each teacher channel feeds is compared.
+    """
+    if previous is None or previous.numel() != current.numel() or int(previous.min()) < 0:
+        return None
+    before = student_of_teacher(previous, num_student, num_teacher)
+    after = student_of_teacher(current, num_student, num_teacher)
+    matched = after >= 0
+    return (before[matched] != after[matched]).double().mean().item()
+
+
+def assignment_order(inds: torch.Tensor, num_student: int, num_teacher: int) -> torch.Tensor:
+    """Teacher columns ordered by the assignment: the g channels of student 0, then of student 1, ..., then
+    the unmatched ones; indexing an (sc, tc) cost with it puts the matched entries on diagonal blocks."""
+    inds = inds.detach().cpu().long()
+    groups = inds.numel() // num_student
+    ordered = inds.view(groups, num_student).t().reshape(-1)  # student-major: row j, its g teachers
+    unmatched = torch.ones(num_teacher, dtype=torch.bool)
+    unmatched[ordered] = False
+    return torch.cat([ordered, unmatched.nonzero().flatten()])
+
+
 @dataclass
 class MatchReport:
-    """What one stage's solve did, for logs and tests."""
+    """What one stage's solve did, for logs, the run's JSON log and the plots (identical on every rank)."""
     stage: int
     shape: tuple
-    seconds: float
-    mean_cost: float
+    seconds: float  # rank 0's solve time
+    mean_cost: float  # mean cost of the matched pairs
+    random_cost: float = math.nan  # expected mean cost of a random assignment (the mean of the cost matrix)
+    changed: Optional[float] = None  # fraction of teacher channels whose student changed; None: first matching
+    cost: Optional[torch.Tensor] = field(default=None, repr=False)  # the (sc, tc) mean cost, CPU float32
 
 
 class CostTracker:
@@ -163,12 +226,16 @@ class CostTracker:
         self.num_images += int(count)
 
     def solve(self, stages: Sequence[int], shapes: Sequence[tuple], device: torch.device,
-              groups: Sequence[Optional[int]], solver: str = "ortools") -> tuple:
+              groups: Sequence[Optional[int]], solver: str = "ortools",
+              previous: Optional[Sequence[Optional[torch.Tensor]]] = None) -> Tuple[List[torch.Tensor], List[MatchReport]]:
         """(indices per stage, reports): sums reduced over ranks, solved on rank 0, broadcast to all.
 
         ``shapes[i]`` is the (sc, tc) of stage ``stages[i]``; a rank that saw no batch contributes zeros.
-        Raises the same error on every rank (no rank is left waiting in a collective) when no image was
-        tracked anywhere, when any rank saw non-finite features, or when the solver fails.
+        ``previous[i]``: that stage's indices before this update (None: no matching yet), for the stability
+        in the reports. The reports are the same on every rank (computed from the reduced sums and the
+        broadcast indices; the solve times are rank 0's). Raises the same error on every rank (no rank is left
+        waiting in a collective) when no image was tracked anywhere, when any rank saw non-finite features, or
+        when the solver fails.
         """
         counts = torch.tensor([self.num_images, len(self.nonfinite)], dtype=torch.float64, device=device)
         mdist.all_reduce_sum(counts)
@@ -181,40 +248,54 @@ class CostTracker:
             )
         if total_images == 0:
             raise ValueError("the matching update saw no images: the loader is empty (on every rank)")
-        sums = []
+        means = []
         for stage, shape in zip(stages, shapes):
             s = self.sums[stage]
             if s is None:
                 s = torch.zeros(shape, dtype=torch.float64, device=device)
-            sums.append(mdist.all_reduce_sum(s))
+            means.append(mdist.all_reduce_sum(s) / total_images)
 
-        results: List[torch.Tensor] = []
-        reports: List[MatchReport] = []
-        error = None
-        if mdist.is_main_process():
-            try:
-                for stage, s, g in zip(stages, sums, groups):
-                    mean = s / total_images
-                    start = time.perf_counter()
-                    inds = match_channels(mean, solver=solver, groups=g)
-                    seconds = time.perf_counter() - start
-                    sc = mean.shape[0]
-                    rows = torch.arange(inds.numel()) % sc
-                    matched = mean.cpu()[rows, inds].mean().item()
-                    reports.append(MatchReport(stage, tuple(mean.shape), seconds, matched))
-                    results.append(inds.to(device))
-            except Exception as exc:  # told to every rank below, re-raised here
-                error = exc
-        status = torch.tensor([0.0 if error is None else 1.0], dtype=torch.float64, device=device)
+        results, seconds, error = self._solve_on_main(means, groups, solver, device)
+        status = torch.tensor([0.0 if error is None else 1.0, *seconds], dtype=torch.float64, device=device)
         mdist.broadcast(status)
-        if status.item() != 0:
+        if status[0].item() != 0:
             if error is not None:
                 raise error
             raise RuntimeError("the channel matching failed on rank 0; see its log")
         if not mdist.is_main_process():
-            for s, g in zip(sums, groups):
-                sc, tc = s.shape
+            for mean, g in zip(means, groups):
+                sc, tc = mean.shape
                 results.append(torch.empty((g or tc // sc) * sc, dtype=torch.long, device=device))
         for inds in results:
             mdist.broadcast(inds)
+        previous = list(previous) if previous is not None else [None] * len(stages)
+        reports = [_report(stage, mean, inds, secs, prev) for stage, mean, inds, secs, prev
+                   in zip(stages, means, results, status[1:].tolist(), previous)]
         return results, reports
+
+    @staticmethod
+    def _solve_on_main(means: Sequence[torch.Tensor], groups: Sequence[Optional[int]], solver: str,
+                       device: torch.device) -> Tuple[List[torch.Tensor], List[float], Optional[Exception]]:
+        """On rank 0: (indices, solve seconds per stage, the error if one stage failed); elsewhere nothing
+        (the seconds are zeros, to be overwritten by rank 0's in one broadcast)."""
+        results: List[torch.Tensor] = []
+        seconds = [0.0] * len(means)
+        if not mdist.is_main_process():
+            return results, seconds, None
+        try:
+            for n, (mean, g) in enumerate(zip(means, groups)):
+                start = time.perf_counter()
+                results.append(match_channels(mean, solver=solver, groups=g).to(device))
+                seconds[n] = time.perf_counter() - start
+        except Exception as exc:  # told to every rank by the caller, re-raised there
+            return results, seconds, exc
+        return results, seconds, None
+
+
+def _report(stage: int, mean: torch.Tensor, inds: torch.Tensor, seconds: float,
+            previous: Optional[torch.Tensor]) -> MatchReport:
+    """One stage's report; the mean cost is kept as CPU float32 (at most a few MB per stage) for the plots."""
+    cost = mean.cpu()
+    sc, tc = cost.shape
+    return MatchReport(stage, (sc, tc), seconds, matched_cost(cost, inds), random_assignment_cost(cost),
+                       changed_fraction(previous, inds, sc, tc), cost.float())

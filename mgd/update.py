@@ -89,8 +89,9 @@ def mgd_update(loader: Iterable, distiller: nn.Module, max_images: Optional[int]
                     break  # the update will fail anyway; ranks of a group keep going to stay in step
                 if per_rank is not None and seen >= per_rank:
                     break
-        logger.info("mgd update: tracked %d images on rank %d in %.1f s", seen, mdist.get_rank(),
-                    time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+        logger.info("mgd update: tracked %d images on rank %d in %.1f s", seen, mdist.get_rank(), seconds)
+        d.track_seconds = seconds  # reported with the matching it leads to (prepare_summary)
         d.update_flow()
     finally:
         for m, mode in modes.items():

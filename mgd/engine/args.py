@@ -6,7 +6,7 @@ import argparse
 from typing import Optional
 
 __all__ = ["ArgumentParser", "add_launch_arguments", "add_precision_arguments", "add_run_arguments",
-           "distiller_options_from_args", "positive_int", "positive_float", "non_negative_int", "non_negative_float"]
+           "distiller_options_from_args", "loss_factor", "positive_int", "positive_float", "non_negative_int", "non_negative_float"]
 
 
 def _number(kind, test, what):
@@ -26,6 +26,11 @@ positive_int = _number(int, lambda v: v > 0, "a positive integer")
 non_negative_int = _number(int, lambda v: v >= 0, "an integer >= 0")
 positive_float = _number(float, lambda v: v > 0 and v != float("inf"), "a positive number")
 non_negative_float = _number(float, lambda v: 0 <= v < float("inf"), "a number >= 0")
+
+
+def loss_factor(text: str):
+    """--loss-factor: a positive number, or "auto" (measured before training, see mgd.calibrate_loss_factor)."""
+    return "auto" if text == "auto" else positive_float(text)
 
 
 def add_launch_arguments(p: argparse.ArgumentParser) -> None:
@@ -62,7 +67,7 @@ def add_precision_arguments(p: argparse.ArgumentParser) -> None:
 _FLAG_PREFIXES = {"nd": ("nd", "kd"), "sm": ("mgd",)}
 #: Options several methods share, read from the flag of the same name (``--loss-factor``, ``--sync-bn``) or
 #: set by the launcher (``distributed``).
-_SHARED_OPTIONS = ("loss_factor", "sync_bn", "distributed")
+_SHARED_OPTIONS = ("loss_factor", "loss_ratio", "sync_bn", "distributed")
 
 
 def distiller_options_from_args(name: str, args: argparse.Namespace, **given) -> dict:

@@ -15,6 +15,9 @@ from .errors import UserError
 
 __all__ = ["RunLog", "Meter", "json_safe"]
 
+#: record fields that are steps, times or counts of processes rather than curves
+_NOT_SCALARS = ("epoch", "before_epoch", "time", "ranks")
+
 
 def json_safe(value: Any) -> Any:
     """``value`` with every NaN or infinity replaced by None: Python's json writes them as bare ``NaN``,
@@ -30,10 +33,11 @@ def json_safe(value: Any) -> Any:
 
 class RunLog:
     """A JSON-lines file (one record per epoch and per event such as a matching update) and optional
-    TensorBoard scalars of the epoch records, written by rank 0 only."""
+    TensorBoard scalars and figures, written by rank 0 only (``output_dir``: the run folder)."""
 
     def __init__(self, output_dir: str, rank: int, tensorboard: bool = False) -> None:
         self.active = rank == 0
+        self.output_dir = output_dir
         self.path = os.path.join(output_dir, "log.jsonl")
         self.writer = None
         if self.active:
@@ -46,19 +50,38 @@ class RunLog:
                 self.writer = SummaryWriter(os.path.join(output_dir, "tb"))
 
     def write(self, record: Dict[str, Any]) -> None:
-        """Append ``record`` (plain JSON types; non-finite numbers become null) with the time; the numbers of
-        a record with an ``epoch`` become TensorBoard scalars at that epoch."""
+        """Append ``record`` (plain JSON types; non-finite numbers become null) with the time. The numbers of a
+        record with an ``epoch`` become TensorBoard scalars at that epoch; those of an event record (``event``
+        and ``before_epoch``, e.g. a matching update) become scalars ``<event>/<name>`` at ``before_epoch``."""
         if not self.active:
             return
         record = {"time": round(time.time(), 3), **record}
         with open(self.path, "a") as f:
             f.write(json.dumps(json_safe(record), allow_nan=False) + "\n")
-        epoch = record.get("epoch")
-        if self.writer is not None and isinstance(epoch, int):
-            for k, v in record.items():
-                if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("epoch", "time"):
-                    self.writer.add_scalar(k, v, epoch)
-            self.writer.flush()
+        if self.writer is not None:
+            self._scalars(record)
+
+    def _scalars(self, record: Dict[str, Any]) -> None:
+        epoch, event, before = record.get("epoch"), record.get("event"), record.get("before_epoch")
+        if isinstance(epoch, int):
+            prefix, step = "", epoch
+        elif isinstance(event, str) and isinstance(before, int):
+            prefix, step = f"{event}/", before
+        else:
+            return
+        for k, v in record.items():
+            if (isinstance(v, (int, float)) and not isinstance(v, bool) and k not in _NOT_SCALARS
+                    and math.isfinite(v)):
+                self.writer.add_scalar(prefix + k, v, step)
+        self.writer.flush()
+
+    def add_figures(self, figures: Dict[str, Any], step: int) -> None:
+        """Give matplotlib figures to TensorBoard (``add_figure``) at ``step``; nothing without a writer."""
+        if self.writer is None:
+            return
+        for tag, figure in figures.items():
+            self.writer.add_figure(tag, figure, step)
+        self.writer.flush()
 
     def close(self) -> None:
         if self.writer is not None:

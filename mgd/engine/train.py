@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import time
 from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 
@@ -77,9 +78,33 @@ def prepare_if_due(distiller: Distiller, epoch: int, make_loader: Callable[[int]
     summary = distiller.prepare_summary()
     log.write({"event": distiller.prepare_name, "before_epoch": epoch, "ranks": mdist.get_world_size(),
                "ranks_agree": agree, "seconds": seconds, **summary})
+    _save_artifacts(distiller, epoch, log)
     logger.info("%s before epoch %d in %.1f s on %d process(es)", distiller.prepare_name, epoch, seconds,
                 mdist.get_world_size())
     return {f"{distiller.prepare_name}_seconds": seconds}
+
+
+def _save_artifacts(distiller: Distiller, epoch: int, log: RunLog) -> None:
+    """Rank 0 keeps the last prepare's tensors (MGD: ``matching_last.pth``, the cost matrices and indices that
+    ``python -m mgd.plot`` draws) in the run folder, replaced atomically at each update, and gives their
+    figures to TensorBoard when the run has a writer. A failing picture is a warning, never a failed run."""
+    if not log.active:
+        return
+    artifacts = distiller.prepare_artifacts()
+    if not artifacts:
+        return
+    from ..checkpoint import atomic_save
+    atomic_save(artifacts, os.path.join(log.output_dir, f"{distiller.prepare_name}_last.pth"))
+    if log.writer is None:
+        return
+    try:
+        from ..plot import cost_matrix_figures
+        figures = cost_matrix_figures(artifacts)
+    except (ImportError, RuntimeError) as exc:  # no matplotlib: the scalars still reach TensorBoard
+        logger.warning("no %s figures for TensorBoard: %s", distiller.prepare_name, exc)
+        return
+    log.add_figures({f"{distiller.prepare_name}/{name.removeprefix('matching_')}": fig
+                     for name, fig in figures.items()}, epoch)
 
 
 class ReplicaStep(nn.Module):

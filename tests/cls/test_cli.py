@@ -185,3 +185,17 @@ def test_timm_student_and_teacher_train_with_discovered_stages(image_folder, tmp
     assert len(epochs) == 1 and math.isfinite(epochs[0]["train_distill"]) and epochs[0]["train_distill"] > 0
     wrong = run("main_mgd.py", *argv, "-a", "timm/no_such_net", check=False)
     assert wrong.returncode == 2 and "unknown timm model 'no_such_net'" in wrong.stderr
+
+
+def test_loss_factor_auto_is_measured_once_logged_and_kept_by_a_resume(image_folder, teacher_weights, tmp_path):
+    out = tmp_path / "auto"
+    proc = run("main_mgd.py", *mgd_args(image_folder, out, teacher_weights), "--loss-factor", "auto",
+               "--loss-ratio", 0.5)
+    assert proc.stdout.count("loss factor calibrated on 48 image(s)") == 1  # the whole (tiny) training set
+    factor = float(torch.load(out / "last.pth", weights_only=True)["distiller"]["calibrated_loss_factor"])
+    matching = [r for r in records(out) if r.get("event") == "matching"]
+    assert factor > 0 and matching[0]["loss_factor"] == pytest.approx(factor)
+    proc = run("main_mgd.py", *mgd_args(image_folder, out, teacher_weights, epochs=2), "--loss-factor", "auto",
+               "--loss-ratio", 0.5, "--resume", out / "last.pth")
+    assert "loss factor calibrated" not in proc.stdout  # the checkpoint's factor, not a new one
+    assert float(torch.load(out / "last.pth", weights_only=True)["distiller"]["calibrated_loss_factor"]) == factor

@@ -1,12 +1,16 @@
 import itertools
+import os
 
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 import torch.nn.functional as F
 from ortools.graph.python import min_cost_flow
 
-from mgd.matching import batch_cost_sum, match_channels
+from mgd.matching import (CostTracker, assignment_order, batch_cost_sum, changed_fraction, match_channels, matched_cost,
+                          random_assignment_cost, student_of_teacher)
 
 
 def _cost_of(cost, inds):
@@ -116,3 +120,96 @@ def test_batch_cost_sum_is_float32_under_autocast():
 def test_batch_cost_sum_rejects_spatial_mismatch():
     with pytest.raises(ValueError, match="spatial"):
         batch_cost_sum(torch.randn(2, 4, 3, 3), torch.randn(2, 8, 6, 6))
+
+
+@pytest.mark.parametrize("sc, tc, groups", [(2, 4, 2), (2, 5, 2), (3, 6, 1)])
+def test_random_assignment_cost_is_the_exact_expectation_over_all_assignments(sc, tc, groups):
+    """Every ordered choice of g*sc distinct teacher columns is one assignment; their mean matched cost is the
+    mean of the whole matrix, also when tc % sc != 0 and for the sparse matching."""
+    cost = torch.rand(sc, tc, dtype=torch.float64, generator=torch.Generator().manual_seed(sc * tc))
+    costs = [matched_cost(cost, torch.tensor(cols)) for cols in itertools.permutations(range(tc), groups * sc)]
+    assert random_assignment_cost(cost) == pytest.approx(np.mean(costs), abs=1e-12)
+    assert random_assignment_cost(cost) == pytest.approx(cost.mean().item(), abs=1e-12)
+
+
+def test_random_assignment_cost_matches_an_empirical_mean_over_random_permutations():
+    gen = torch.Generator().manual_seed(0)
+    cost = torch.rand(4, 16, generator=gen) * 4
+    samples = torch.tensor([matched_cost(cost, torch.randperm(16, generator=gen)) for _ in range(4000)])
+    stderr = samples.std().item() / len(samples) ** 0.5
+    assert abs(samples.mean().item() - random_assignment_cost(cost)) < 4 * stderr
+    assert matched_cost(cost, match_channels(cost)) < samples.min().item() + 1e-6  # the optimum beats them all
+
+
+def test_stability_is_zero_for_the_same_matching_and_the_moved_fraction_for_a_hand_made_change():
+    sc, tc = 2, 6
+    inds = torch.tensor([0, 1, 2, 3, 4, 5])  # student 0: teachers 0, 2, 4; student 1: teachers 1, 3, 5
+    assert student_of_teacher(inds, sc, tc).tolist() == [0, 1, 0, 1, 0, 1]
+    assert changed_fraction(inds, inds.clone(), sc, tc) == 0.0
+    assert changed_fraction(inds, torch.tensor([4, 5, 2, 3, 0, 1]), sc, tc) == 0.0  # order within a group
+    swapped = torch.tensor([1, 0, 2, 3, 4, 5])  # teachers 0 and 1 trade students
+    assert changed_fraction(inds, swapped, sc, tc) == pytest.approx(2 / 6)
+    assert changed_fraction(None, inds, sc, tc) is None  # the first matching: nothing to compare
+    assert changed_fraction(torch.full((6,), -1), inds, sc, tc) is None  # unset indices
+    # tc % sc != 0: teacher 6 was unmatched, now takes teacher 5's place: 1 of the 6 matched channels moved
+    assert changed_fraction(inds, torch.tensor([0, 1, 2, 3, 4, 6]), sc, 7) == pytest.approx(1 / 6)
+
+
+def test_assignment_order_puts_the_matched_entries_on_the_diagonal_blocks():
+    gen = torch.Generator().manual_seed(1)
+    cost = torch.rand(3, 7, generator=gen)
+    inds = match_channels(cost)  # g = 2, one teacher channel left out
+    order = assignment_order(inds, 3, 7)
+    assert sorted(order.tolist()) == list(range(7))
+    ordered = cost[:, order]
+    blocks = torch.stack([ordered[j, 2 * j:2 * j + 2] for j in range(3)])
+    assert blocks.mean().item() == pytest.approx(matched_cost(cost, inds))
+
+
+def test_solve_reports_matched_random_and_changed_costs():
+    gen = torch.Generator().manual_seed(2)
+    s, t = torch.randn(5, 2, 3, 3, generator=gen), torch.randn(5, 4, 3, 3, generator=gen)
+    tracker = CostTracker(1)
+    tracker.add(0, s, t)
+    tracker.add_images(5)
+    (inds,), (report,) = tracker.solve([0], [(2, 4)], torch.device("cpu"), [None], previous=[None])
+    mean = batch_cost_sum(s, t) / 5
+    assert report.cost.dtype == torch.float32 and torch.allclose(report.cost.double(), mean, atol=1e-6)
+    assert report.random_cost == pytest.approx(mean.mean().item())
+    assert report.mean_cost == pytest.approx(matched_cost(mean, inds)) and report.mean_cost < report.random_cost
+    assert report.changed is None and report.seconds >= 0
+    tracker.add(0, s, t)
+    tracker.add_images(5)
+    moved = inds[[1, 0, 2, 3]]
+    _, (again,) = tracker.solve([0], [(2, 4)], torch.device("cpu"), [None], previous=[moved])
+    assert again.changed == pytest.approx(0.5)  # two of the four teacher channels had another student before
+
+
+def _reports_worker(rank, init_file, out_dir):
+    """Two updates on 2 gloo ranks that see different images; what each rank would log and save."""
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        gen = torch.Generator().manual_seed(rank)
+        tracker = CostTracker(1)
+        summaries, previous = [], [None]
+        for _ in range(2):
+            tracker.reset()
+            tracker.add(0, torch.randn(3, 2, 4, 4, generator=gen), torch.randn(3, 6, 4, 4, generator=gen))
+            tracker.add_images(3)
+            (inds,), (report,) = tracker.solve([0], [(2, 6)], torch.device("cpu"), [None], previous=previous)
+            previous = [inds]
+            summaries.append((report.mean_cost, report.random_cost, report.changed, report.seconds, report.cost, inds))
+        torch.save(summaries, os.path.join(out_dir, f"reports{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.timeout(300)
+def test_reports_are_the_same_on_every_rank(tmp_path):
+    """Every rank logs the same numbers and could save the same matrices (only rank 0 writes them)."""
+    mp.spawn(_reports_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    first, second = (torch.load(tmp_path / f"reports{r}.pt") for r in range(2))
+    for a, b in zip(first, second):
+        assert a[:4] == b[:4] and torch.equal(a[4], b[4]) and torch.equal(a[5], b[5])
+    assert first[0][2] is None and first[1][2] is not None

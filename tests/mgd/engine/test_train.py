@@ -74,8 +74,32 @@ def test_prepare_step_runs_when_due_checks_agreement_and_logs(tmp_path):
     assert [r["before_epoch"] for r in records] == [0, 2]
     assert all(r["event"] == "matching" and r["ranks_agree"] and r["ranks"] == 1 for r in records)
     assert {"num_updates", "stage3_matched_cost"} <= set(records[-1])
+    for record in records:  # what matching buys, how much it moved, how long it took
+        for i in range(4):
+            assert 0 <= record[f"stage{i}_matched_cost"] < record[f"stage{i}_random_cost"] <= 4
+            assert record[f"stage{i}_solve_seconds"] >= 0
+        assert record["track_seconds"] >= 0
+    assert records[0]["stage3_changed"] is None and records[1]["stage3_changed"] == 0.0  # the same images
+    saved = torch.load(tmp_path / "matching_last.pth", weights_only=True)
+    assert torch.equal(saved["stage3_guided_inds"], d.guided_inds[3]) and saved["stage3_cost"].shape == (512, 2048)
     kd = mgd.build_distiller("kd", d.t_net, d.s_net)
     assert prepare_if_due(kd, 0, loader, log) == {} and calls == [0, 2]  # KD derives nothing from data
+    assert kd.prepare_artifacts() == {}
+
+
+def test_run_log_gives_event_records_tensorboard_scalars_at_their_epoch(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    log = RunLog(str(tmp_path), rank=0, tensorboard=True)
+    log.write({"event": "matching", "before_epoch": 2, "ranks": 2, "ranks_agree": True, "stage1_matched_cost": 0.5,
+               "stage1_changed": None, "note": "text"})
+    log.write({"epoch": 2, "top1": 50.0})
+    log.write({"event": "matching", "stage1_matched_cost": 0.25})  # no step: JSON only
+    log.close()
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    assert sorted(events.Tags()["scalars"]) == ["matching/stage1_matched_cost", "top1"]
+    assert [(e.step, e.value) for e in events.Scalars("matching/stage1_matched_cost")] == [(2, 0.5)]
+    assert len(open(tmp_path / "log.jsonl").readlines()) == 3
 
 
 def test_run_log_writes_json_lines_and_meter_weights_by_count(tmp_path):
