@@ -45,13 +45,20 @@ def _stages(model: nn.Module) -> List[DiscoveredStage]:
     return locate_stages(model, table) if table is not None else discover_stages(model)
 
 
-def _row(stage: DiscoveredStage) -> str:
+def _activation(model: nn.Module, stage: DiscoveredStage) -> str:
+    """The class of the activation whose input is captured ("-" for a stage output)."""
+    return type(model.get_submodule(stage.activation)).__name__ if stage.activation else "-"
+
+
+def _cell(model: nn.Module, stage: DiscoveredStage) -> str:
     what = f"{stage.spec.module} ({stage.spec.capture})"
-    return f"{what:<34} {stage.spec.channels:>5} {stage.reduction:>4}  {stage.spec.bn or '-':<24}"
+    return f"{what:<28} {_activation(model, stage):<9} {stage.spec.channels:>5} {stage.reduction:>4}"
 
 
 def stage_table(teacher: nn.Module, student: nn.Module) -> str:
-    """The stage table of a teacher/student pair as text."""
+    """The stage table of a teacher/student pair as text: per distilled pair, each side's captured module
+    (its input before an activation, or its output), the activation, channels and reduction, the teacher's
+    margin BatchNorm and g = teacher channels // student channels; then the stages left out."""
     t_all, s_all = _stages(teacher), _stages(student)
     tables = builtin_stages(teacher) is not None and builtin_stages(student) is not None
     if tables:  # the original's stage-by-stage pairing, without the student family's ignored stages
@@ -59,13 +66,12 @@ def stage_table(teacher: nn.Module, student: nn.Module) -> str:
         pairs = [(t, s) for i, (t, s) in enumerate(zip(t_all, s_all)) if i not in ignored]
     else:
         pairs = list(zip(*pair_stages(t_all, s_all)))
-    header = (f"{'teacher stage':<34} {'ch':>5} {'red':>4}  {'margin BN':<24} | "
-              f"{'student stage':<34} {'ch':>5} {'red':>4}  g")
+    header = (f"{'teacher stage':<28} {'act':<9} {'ch':>5} {'red':>4}  {'margin BN':<16} | "
+              f"{'student stage':<28} {'act':<9} {'ch':>5} {'red':>4}  g")
     lines = [header, "-" * len(header)]
     for t, s in pairs:
-        g = t.spec.channels // s.spec.channels
-        lines.append(f"{_row(t)} | {s.spec.module + ' (' + s.spec.capture + ')':<34} {s.spec.channels:>5} "
-                     f"{s.reduction:>4}  {g}")
+        lines.append(f"{_cell(teacher, t)}  {t.spec.bn or '-':<16} | {_cell(student, s)}  "
+                     f"{t.spec.channels // s.spec.channels}")
     paired = {id(x) for pair in pairs for x in pair}
     for role, found in (("teacher", t_all), ("student", s_all)):
         for stage in found:

@@ -27,6 +27,10 @@ __all__ = ["previous_checkpoints", "check_output_dir", "start_output_dir", "Dive
 
 logger = logging.getLogger("mgd.engine")
 
+#: What :func:`mgd.engine.train.prepare_if_due` writes (``<prepare_name>_last.pth``): moved aside with a
+#: previous run, but not by itself a previous run (a run may stop before its first checkpoint).
+PREPARE_ARTIFACTS = ("*_last.pth",)
+
 def previous_checkpoints(output_dir: str, names: Sequence[str]) -> List[str]:
     """The files a previous run of this script left in ``output_dir``: those matching the ``names`` patterns
     the script writes (``last.pth``, ``checkpoint_*.pth.tar``, ...); sorted, [] if there is no folder."""
@@ -99,7 +103,8 @@ def start_output_dir(output_dir: str, names: Sequence[str], resume: bool, rank: 
     if previous:
         aside = os.path.join(output_dir, f"previous-{stamp}")
         os.makedirs(aside, exist_ok=True)
-        for name in previous + (["log.jsonl"] if os.path.isfile(log) else []):
+        artifacts = previous_checkpoints(output_dir, PREPARE_ARTIFACTS)  # e.g. the last matching's matrices
+        for name in previous + artifacts + (["log.jsonl"] if os.path.isfile(log) else []):
             os.replace(os.path.join(output_dir, name), os.path.join(aside, name))
         logger.info("--overwrite: the previous run's %s moved to %s", ", ".join(previous), aside)
     elif os.path.isfile(log):

@@ -175,9 +175,9 @@ def test_stages_without_a_partner_or_narrower_than_the_student_are_dropped_with_
 def test_inspect_prints_the_stage_table(capsys):
     inspect_main(["timm/resnet50", "timm/mobilenetv3_large_100"])
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split()[:3] == ["teacher", "stage", "ch"]
-    assert lines[2].split() == ["layer1.2.act3", "(input)", "256", "4", "layer1.2.bn3", "|", "blocks.1", "(output)",
-                                "24", "4", "10"]
+    assert lines[0].split()[:4] == ["teacher", "stage", "act", "ch"]
+    assert lines[2].split() == ["layer1.2.act3", "(input)", "ReLU", "256", "4", "layer1.2.bn3", "|", "blocks.1",
+                                "(output)", "-", "24", "4", "10"]
     assert len(lines) == 6 and lines[-1].split()[-1] == "2"  # 2048 // 960
     with pytest.raises(SystemExit) as exit_:
         inspect_main(["timm/resnet50", "no_such_model"])

@@ -21,6 +21,8 @@ def test_a_folder_with_a_previous_run_needs_resume_or_overwrite_which_moves_it_a
     out = tmp_path / "run"
     check_output_dir(str(out), NAMES)  # created
     assert out.is_dir() and previous_checkpoints(str(out), NAMES) == []
+    (out / "matching_last.pth").write_bytes(b"x")  # a prepare artifact alone is no previous run
+    check_output_dir(str(out), NAMES)
     for name in ("last.pth", "checkpoint_0003.pth.tar", ".tmp-abcdefgh.pth", "log.jsonl", "teacher.pth"):
         (out / name).write_bytes(b"x")
     assert previous_checkpoints(str(out), NAMES) == ["checkpoint_0003.pth.tar", "last.pth"]  # not teacher.pth
@@ -37,7 +39,8 @@ def test_a_folder_with_a_previous_run_needs_resume_or_overwrite_which_moves_it_a
     assert sorted(p.name for p in out.iterdir() if p.is_file()) == ["teacher.pth"]  # temporaries deleted too
     aside = [p for p in out.iterdir() if p.is_dir()]
     assert len(aside) == 1 and aside[0].name.startswith("previous-")
-    assert sorted(p.name for p in aside[0].iterdir()) == ["checkpoint_0003.pth.tar", "last.pth", "log.jsonl"]
+    assert sorted(p.name for p in aside[0].iterdir()) == ["checkpoint_0003.pth.tar", "last.pth", "log.jsonl",
+                                                          "matching_last.pth"]
 
 
 def test_an_output_dir_that_cannot_be_a_folder_or_written_is_refused(tmp_path, monkeypatch):
