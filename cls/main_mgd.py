@@ -93,7 +93,7 @@ def reducer(args) -> Optional[str]:
 
 def output_tag(args) -> str:
     """The method in the default output folder's name: the original's <distiller>.<reducer> for MGD."""
-    return ".".join([args.distiller] + ([reducer(args)] if reducer(args) else []))
+    return ".".join(filter(None, [args.distiller, reducer(args)]))
 
 
 @worker_guard
@@ -116,7 +116,8 @@ def worker(local_rank: int, args) -> None:
         if ckpt["method"] != args.distiller:
             raise UserError(f"--resume: {args.resume} is not a {args.distiller} checkpoint but a {ckpt['method']} "
                             f"one (--distiller {ckpt['method']})")
-    same = {"teacher_arch": args.teacher_arch, **({"mgd_reducer": reducer(args)} if reducer(args) else {})}
+    method_reducer = reducer(args)
+    same = {"teacher_arch": args.teacher_arch, **({"mgd_reducer": method_reducer} if method_reducer else {})}
     start_epoch, best = resume(args, student, optimizer, scheduler, precision, distillation_run, distiller, **same)
     if args.evaluate:
         evaluate_models({"teacher " + args.teacher_arch: teacher, "student " + args.arch: student}, valid_loader,

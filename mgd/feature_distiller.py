@@ -122,7 +122,7 @@ class PartialL2Distiller(Distiller):
 
     def normalise(self, total: torch.Tensor, batch_size: int) -> torch.Tensor:
         """The summed stage loss per image and divided by the loss factor: the term added to the task loss."""
-        if self.loss_factor != self.loss_factor:  # NaN: "auto", not calibrated yet
+        if math.isnan(self.loss_factor):  # "auto", not calibrated yet
             raise RuntimeError("loss_factor='auto' is not calibrated yet: call prepare(loader) before training")
         return total / batch_size / self.loss_factor
 
@@ -130,7 +130,7 @@ class PartialL2Distiller(Distiller):
     @property
     def needs_calibration(self) -> bool:
         """True while ``loss_factor='auto'`` has not been measured (nor loaded from a checkpoint)."""
-        return self.auto_loss_factor and not self.loss_factor == self.loss_factor
+        return self.auto_loss_factor and math.isnan(self.loss_factor)
 
     def set_loss_factor(self, factor: float) -> None:
         """Use ``factor`` from now on (kept in the state dict with ``loss_factor='auto'``)."""
