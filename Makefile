@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.mgd-installed
 
 
-.PHONY: test demo quickstart bench venv d2 clean
+.PHONY: test demo demo-seg quickstart bench venv d2 clean
 
 venv: $(STAMP)
 
@@ -15,6 +15,8 @@ $(STAMP): requirements.txt setup.py d2/install_detectron2.py d2/detectron2_C.py
 	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt
 	$(PY) -m pip install --disable-pip-version-check -q --no-deps -e .
 	$(PY) d2/install_detectron2.py
+	# 4 real aerial images with 951 tree boxes for benchmarks/d2_trees.py (--no-deps: only its data is used)
+	$(PY) -m pip install --disable-pip-version-check -q --no-deps deepforest==2.1.0
 	touch $(STAMP)
 
 # Real detectron2 0.6 from PyPI sources, no compiled ops (idempotent; part of every set-up above).
@@ -38,6 +40,14 @@ else
 	  { echo "could not install dataset-fashion-mnist; run 'make demo DOWNLOAD=1' on a machine with internet"; exit 2; }; }
 	$(PY) cls/demo.py --source $(FASHION_MNIST_SRC)
 endif
+
+# Segmentation demo on canvases of Fashion-MNIST photographs (seg/README.md); needs the same IDX files.
+demo-seg: $(STAMP)
+	@test -d $(FASHION_MNIST_SRC) || { \
+	  echo "installing Debian's dataset-fashion-mnist"; \
+	  (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null || \
+	  { echo "could not install dataset-fashion-mnist (FASHION_MNIST_SRC=<folder of its IDX files> to use others)"; exit 2; }; }
+	$(PY) seg/demo.py --source $(FASHION_MNIST_SRC)
 
 quickstart: $(STAMP)
 	$(PY) examples/quickstart.py

@@ -1,21 +1,28 @@
 """Datasets and loaders for the classification scripts.
 
 DATA is either an ImageFolder tree (``DATA/train`` and ``DATA/valid`` or ``DATA/val``, the original's
-layout) or, with ``--dataset fashion-mnist``, a folder holding the Fashion-MNIST IDX files
-(``*-ubyte.gz`` or gunzipped, directly in DATA or in ``DATA/FashionMNIST/raw``). Three datasets are built:
+layout; CINIC-10 is one), or, with ``--dataset fashion-mnist``, a folder holding the Fashion-MNIST IDX files
+(``*-ubyte.gz`` or gunzipped, directly in DATA or in ``DATA/FashionMNIST/raw``), or, with ``--dataset
+cifar10|cifar100``, a folder holding the CIFAR python archive (``cifar-10-batches-py/`` / ``cifar-100-python/``,
+or the ``.tar.gz`` they come in). Three datasets are built:
 train (augmented), valid, and "track": the training images through the validation transforms, used by
 the matching updates exactly as the original's extra loader.
 """
 from __future__ import annotations
 
+import copy
 import gzip
 import os
+import pickle
 import shutil
+import tarfile
 from typing import Optional, Tuple
 
 import torch
 from torch.utils.data import Dataset, Subset
 from torchvision import datasets, transforms
+from torchvision.datasets.utils import download_and_extract_archive, extract_archive
+from torchvision.datasets.vision import StandardTransform
 
 from mgd.engine import SkipUnreadable, UserError
 from mgd.engine.data import IMG_EXTENSIONS, image_folder
@@ -24,19 +31,52 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 FASHION_MEAN, FASHION_STD = (0.2860,) * 3, (0.3530,) * 3
 FASHION_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
                  "t10k-labels-idx1-ubyte"]
+#: The training sets' per-channel statistics, as in the CIFAR distillation code (CRD, DKD).
+CIFAR_STATS = {"cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+               "cifar100": ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761))}
 
 
-def _transforms(input_size: int, mean, std, grayscale: bool):
-    """Train/valid transforms: ImageNet-style crops at >= 64 px, pad-and-crop (CIFAR-style) below."""
+class _PresenceChecked:
+    """torchvision's CIFAR reader with its files checked for presence (by :func:`_read_cifar`) instead of
+    md5: a pickle that does not load is a one-line error all the same, and an archive of other images in
+    the same format (a subset, the tests' generated one) loads."""
+
+    def _check_integrity(self) -> bool:
+        return True
+
+
+class CIFAR10Files(_PresenceChecked, datasets.CIFAR10):
+    meta = dict(datasets.CIFAR10.meta, md5=None)
+
+
+class CIFAR100Files(_PresenceChecked, datasets.CIFAR100):
+    meta = dict(datasets.CIFAR100.meta, md5=None)
+
+
+CIFAR_READERS = {"cifar10": CIFAR10Files, "cifar100": CIFAR100Files}
+#: The --dataset choices.
+DATASETS = ("imagefolder", "fashion-mnist", "cifar10", "cifar100")
+
+
+def default_input_size(dataset: str) -> int:
+    """The --input-size when none is given: the images' own 32 px for CIFAR, 224 otherwise."""
+    return 32 if dataset in CIFAR_READERS else 224
+
+
+def _transforms(input_size: int, mean, std, grayscale: bool, native: Optional[int] = None):
+    """Train/valid transforms: ImageNet-style crops at >= 64 px, pad-and-crop (CIFAR-style) below; at the
+    images' ``native`` size there is nothing to resize: random crops padded by 4 at 32 px and flips for
+    training (the CIFAR augmentation of the distillation papers), the images themselves for validation."""
     to3 = [transforms.Grayscale(num_output_channels=3)] if grayscale else []
     norm = [transforms.ToTensor(), transforms.Normalize(mean, std)]
+    resize = [] if input_size == native else [transforms.Resize(input_size)]
     if input_size >= 64:
         train = [transforms.RandomResizedCrop(input_size), transforms.RandomHorizontalFlip()]
         valid = [transforms.Resize(int(round(input_size / 0.875))), transforms.CenterCrop(input_size)]
     else:
-        train = [transforms.Resize(input_size), transforms.RandomCrop(input_size, padding=max(1, input_size // 8)),
-                 transforms.RandomHorizontalFlip()]
-        valid = [transforms.Resize(input_size), transforms.CenterCrop(input_size)]
+        train = resize + [transforms.RandomCrop(input_size, padding=max(1, input_size // 8)),
+                          transforms.RandomHorizontalFlip()]
+        valid = resize + ([] if input_size == native else [transforms.CenterCrop(input_size)])
     return transforms.Compose(to3 + train + norm), transforms.Compose(to3 + valid + norm)
 
 
@@ -79,6 +119,76 @@ def _fashion_mnist(data: str, download: bool, train_tf, valid_tf):
     return train, valid, track, len(train.classes)
 
 
+def _cifar_root(data: str, reader, download: bool) -> str:
+    """The folder that holds ``reader.base_folder``: DATA, its parent when DATA is that folder, or DATA
+    after extracting the .tar.gz found there (or downloaded with ``download``). UserError when absent."""
+    name, folder = _cifar_name(reader), reader.base_folder
+    if os.path.basename(os.path.normpath(data)) == folder:
+        data = os.path.dirname(os.path.normpath(data))
+    if os.path.isdir(os.path.join(data, folder)):
+        return data
+    archive = os.path.join(data, reader.filename)
+    if os.path.isfile(archive):
+        _extract(archive, data, folder)
+    elif download:
+        try:  # torchvision's download, md5-checked, then extracted
+            download_and_extract_archive(reader.url, data, filename=reader.filename, md5=reader.tgz_md5)
+        except (OSError, RuntimeError, tarfile.TarError) as exc:
+            raise UserError(f"cannot download {name} into {data}: {exc}") from exc
+    else:
+        raise UserError(f"no {name} in {data}: put {folder}/ or {reader.filename} (the python version, "
+                        f"{reader.url}) there, or pass --download")
+    return data
+
+
+def _cifar_name(reader) -> str:
+    return "CIFAR-10" if issubclass(reader, CIFAR10Files) else "CIFAR-100"
+
+
+def _extract(archive: str, data: str, folder: str) -> None:
+    """Extract ``archive`` into a temporary folder of DATA, then move its ``folder`` into place in one
+    rename, so that processes starting together never read a half-extracted archive."""
+    tmp = os.path.join(data, f".{folder}.{os.getpid()}.tmp")
+    try:
+        extract_archive(archive, tmp)
+    except (OSError, tarfile.TarError, EOFError) as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(f"cannot extract {archive}: {exc}") from exc
+    try:
+        os.rename(os.path.join(tmp, folder), os.path.join(data, folder))
+    except FileNotFoundError:
+        raise UserError(f"{archive} holds no {folder}/ folder: is it the python version of the archive?") from None
+    except OSError as exc:  # fine when another process put it in place first
+        if not os.path.isdir(os.path.join(data, folder)):
+            raise UserError(f"cannot move the extracted {folder}/ into {data}: {exc}") from exc
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _read_cifar(reader, root: str, train: bool, transform):
+    """One split, read by torchvision's reader; UserError naming the missing or unreadable file."""
+    files = [name for name, _ in (reader.train_list if train else reader.test_list)] + [reader.meta["filename"]]
+    missing = [f for f in files if not os.path.isfile(os.path.join(root, reader.base_folder, f))]
+    if missing:
+        raise UserError(f"{_cifar_name(reader)}: {', '.join(missing)} missing in "
+                        f"{os.path.join(root, reader.base_folder)}")
+    try:
+        return reader(root, train=train, transform=transform, download=False)
+    except (OSError, EOFError, KeyError, ValueError, pickle.UnpicklingError) as exc:
+        raise UserError(f"cannot read {_cifar_name(reader)} from {os.path.join(root, reader.base_folder)}: "
+                        f"{type(exc).__name__}: {exc}") from exc
+
+
+def _cifar(data: str, dataset: str, download: bool, train_tf, valid_tf):
+    reader = CIFAR_READERS[dataset]
+    root = _cifar_root(data, reader, download)
+    train = _read_cifar(reader, root, True, train_tf)
+    valid = _read_cifar(reader, root, False, valid_tf)
+    track = copy.copy(train)  # the same images (one copy in memory) through the validation transforms
+    track.transform, track.transforms = valid_tf, StandardTransform(valid_tf)
+    return train, valid, track, len(train.classes)
+
+
 def _has_images(folder: str) -> bool:
     for _, _, files in os.walk(folder):
         if any(f.lower().endswith(IMG_EXTENSIONS) for f in files):
@@ -117,6 +227,10 @@ def build_datasets(args) -> Tuple[Dataset, Dataset, Dataset, int]:
     if args.dataset == "fashion-mnist":
         train_tf, valid_tf = _transforms(args.input_size, FASHION_MEAN, FASHION_STD, grayscale=True)
         train, valid, track, classes = _fashion_mnist(args.data, args.download, train_tf, valid_tf)
+    elif args.dataset in CIFAR_READERS:
+        mean, std = CIFAR_STATS[args.dataset]
+        train_tf, valid_tf = _transforms(args.input_size, mean, std, grayscale=False, native=32)
+        train, valid, track, classes = _cifar(args.data, args.dataset, args.download, train_tf, valid_tf)
     else:
         train_tf, valid_tf = _transforms(args.input_size, IMAGENET_MEAN, IMAGENET_STD, grayscale=False)
         train, valid, track, classes = _image_folder(args.data, train_tf, valid_tf)

@@ -16,7 +16,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from typing import Dict, List
 
@@ -25,6 +24,7 @@ sys.path.insert(0, ROOT)
 
 from cls.data import FASHION_FILES, prepare_fashion_mnist  # noqa: E402
 from mgd.engine import UserError, run_cli  # noqa: E402
+from mgd.engine.runs import start_script, wait_script  # noqa: E402
 
 TEACHER, STUDENT = "cifar_resnet8_w32", "cifar_resnet8_w8"
 
@@ -59,27 +59,10 @@ def schedule(epochs: int) -> List[str]:
 
 
 def start(name: str, script: str, argv: List[str], threads: int, log_path: str) -> subprocess.Popen:
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
-    log = open(log_path, "w")
-    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "cls", script)] + argv, env=env,
-                            stdout=subprocess.PIPE, stderr=log, text=True)
-
-    def relay():  # the per-epoch summary lines, prefixed with the run's name; everything goes to its log
-        for line in proc.stdout:
-            log.write(line)
-            log.flush()
-            if " epoch " in line or "error" in line.lower():
-                print(f"[{name}] {line.rstrip()}", flush=True)
-    proc.relay = threading.Thread(target=relay, daemon=True)
-    proc.relay.start()
-    return proc
+    return start_script(name, os.path.join(ROOT, "cls", script), argv, threads, log_path)
 
 
-def wait(proc: subprocess.Popen, name: str, log_path: str) -> None:
-    proc.wait()
-    proc.relay.join()
-    if proc.returncode != 0:
-        raise UserError(f"{name} failed (exit {proc.returncode}); see {log_path}")
+wait = wait_script
 
 
 def final_top1(output_dir: str) -> Dict[str, float]:

@@ -27,8 +27,8 @@ from cls.models import stage_specs
 from cls.trainer import (build_student, build_teacher, check_arch, evaluate_models, fit, make_optimizer, resume,
                          start_worker, teacher_arch)
 from cls.utils import accuracy, common_parser, finish_args, make_scheduler
-from mgd.engine import (RunLog, UserError, launch, mean_terms, prepare_loader, prepare_if_due, run_cli, worker_guard,
-                        wrap_for_training)
+from mgd.engine import (RunLog, UserError, WithIndices, launch, mean_terms, prepare_loader, prepare_if_due, run_cli,
+                        worker_guard, wrap_for_training)
 from mgd.distillers import option_default
 from mgd.engine.args import (distiller_options_from_args, loss_factor, non_negative_float, positive_float,
                              positive_int)
@@ -45,7 +45,7 @@ def get_parser():
                    "measured before training so that the distillation term starts at --loss-ratio times the "
                    "cross-entropy (kept in the checkpoint; the first step logs both terms)")
     g.add_argument("--loss-ratio", default=None, type=positive_float, help="mgd/ofd with --loss-factor auto: the "
-                   "distillation term's start as a multiple of the cross-entropy (default 0.5)")
+                   "distillation term's start as a multiple of the cross-entropy (default 2)")
     g.add_argument("--mgd-reducer", default=None, choices=["amp", "rd", "sp", "sm"], help="mgd: channel reducer "
                    "(default amp)")
     g.add_argument("--mgd-update-freq", default=2, type=positive_int, help="mgd: re-solve the matching every N epochs")
@@ -61,8 +61,38 @@ def get_parser():
     g.add_argument("--at-beta", default=None, type=non_negative_float, help="at: beta; the loss is beta/2 * the sum "
                    "over stages (default 1000)")
     g.add_argument("--sp-gamma", default=None, type=non_negative_float, help="sp: gamma (default 3000)")
-    g.add_argument("--nd-weight", default=None, type=non_negative_float, help="nd: weight of KD++'s ND loss "
-                   "(default 1)")
+    g.add_argument("--nd-weight", default=None, type=non_negative_float, help="kd, dkd, dist, reviewkd: > 0 adds "
+                   "KD++'s ND loss on the penultimate embeddings with this weight (the '++' of each method, trained "
+                   "with the KD++ recipe); nd (KD++ itself): default 1")
+    for method, imagenet in (("kd", "5"), ("dkd", "1"), ("reviewkd", "1")):
+        g.add_argument(f"--{method}-warmup-epochs", default=None, type=non_negative_float, help=f"{method}"
+                       f"{' with --nd-weight, nd' if method == 'kd' else ''}: epochs over which the term ramps in "
+                       f"linearly (default 20, the authors' CIFAR setting; ImageNet {imagenet})")
+    g.add_argument("--kd-weight", default=None, type=non_negative_float, help="nd, kd with --nd-weight: weight of "
+                   "the KD term in the KD++ recipe (default 1)")
+    g.add_argument("--dkd-alpha", default=None, type=non_negative_float, help="dkd: TCKD weight (default 1)")
+    g.add_argument("--dkd-beta", default=None, type=non_negative_float, help="dkd: NCKD weight (default 8; ImageNet "
+                   "R34->R18: 0.5, R50->MobileNet-V1: 2)")
+    g.add_argument("--dkd-temperature", default=None, type=positive_float, help="dkd: temperature (default 4; "
+                   "ImageNet 1)")
+    g.add_argument("--dist-beta", default=None, type=non_negative_float, help="dist: inter-class weight (default 1)")
+    g.add_argument("--dist-gamma", default=None, type=non_negative_float, help="dist: intra-class weight (default 1)")
+    g.add_argument("--dist-tau", default=None, type=positive_float, help="dist: temperature (default 1)")
+    g.add_argument("--dist-weight", default=None, type=non_negative_float, help="dist: weight of the DIST term "
+                   "beside the cross-entropy (default 2)")
+    g.add_argument("--reviewkd-weight", default=None, type=non_negative_float, help="reviewkd: HCL weight "
+                   "(default 5, CIFAR; ImageNet R34->R18: 1, R50->MobileNet-V1: 8)")
+    g.add_argument("--reviewkd-mid-channels", default=None, type=positive_int, help="reviewkd: ABF middle width "
+                   "(default min(512, the student's widest position); 256 for R50->MobileNet-V1)")
+    g.add_argument("--crd-weight", default=None, type=non_negative_float, help="crd: weight (default 0.8)")
+    g.add_argument("--crd-num-negatives", default=None, type=positive_int, help="crd: negatives per sample "
+                   "(default 16384)")
+    g.add_argument("--crd-temperature", default=None, type=positive_float, help="crd: NCE temperature (default 0.07)")
+    g.add_argument("--crd-momentum", default=None, type=non_negative_float, help="crd: memory momentum (default 0.5)")
+    g.add_argument("--crd-feat-dim", default=None, type=positive_int, help="crd: embedding size (default 128)")
+    g.add_argument("--crd-memory", default=None, choices=["bank", "queue"], help="crd: 'bank' (the paper's: N x "
+                   "feat-dim x 2 floats, needs the samples' indices) or 'queue' (the last --crd-num-negatives "
+                   "embeddings, MoCo-style)")
     g.add_argument("--ofd-teacher-train", default=None, type=int, choices=[0, 1], dest="ofd_teacher_train_mode",
                    help="ofd: keep the teacher's BN in train mode, as OFD's code did (default 0)")
     return p
@@ -75,11 +105,11 @@ def check_args(args) -> None:
         raise UserError(f"data directory not found: {args.data}")
 
 
-def build_distiller(args, teacher: nn.Module, student: nn.Module) -> mgd.Distiller:
-    """--distiller's method with its flags as options and the models' stage positions; configuration
-    errors become one-line user errors."""
+def build_distiller(args, teacher: nn.Module, student: nn.Module, num_samples: int) -> mgd.Distiller:
+    """--distiller's method with its flags as options, the models' stage positions and the training set's size
+    (for the methods that take them); configuration errors become one-line user errors."""
     options = distiller_options_from_args(args.distiller, args, teacher_layers=stage_specs(teacher),
-                                          student_layers=stage_specs(student))
+                                          student_layers=stage_specs(student), num_samples=num_samples)
     try:
         return mgd.build_distiller(args.distiller, teacher, student, **options)
     except (ValueError, TypeError) as exc:
@@ -104,7 +134,9 @@ def worker(local_rank: int, args) -> None:
     if args.distributed and args.sync_bn:
         student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
     student.to(device)
-    distiller = build_distiller(args, teacher, student).to(device)
+    distiller = build_distiller(args, teacher, student, len(train_set)).to(device)
+    if distiller.needs_indices:  # CRD's memory: each sample's dataset index rides along with it
+        train_set = WithIndices(train_set)
     precision.prepare_model(distiller)
     optimizer = make_optimizer(distiller.get_learnable_parameters(), args)
     scheduler = make_scheduler(optimizer, args)
@@ -131,7 +163,7 @@ def worker(local_rank: int, args) -> None:
 
     def step(batch):
         images, target = precision.to_device(batch[0]), batch[1].to(device, non_blocking=True)
-        output, terms = trainable(images, target)
+        output, terms = trainable(images, target, **({"indices": batch[2]} if distiller.needs_indices else {}))
         terms = mean_terms(terms)
         ce = criterion(output.float(), target)
         loss = distiller.task_weight * ce + sum(terms.values())
@@ -152,7 +184,8 @@ def worker(local_rank: int, args) -> None:
     fit(args=args, device=device, precision=precision, student=student, step=step, trainable=trainable,
         optimizer=optimizer, scheduler=scheduler, train_set=train_set, valid_loader=valid_loader,
         extra_state=lambda: {"distiller": distiller.own_state_dict(), "method": args.distiller, **same},
-        log=log, before_epoch=prepare, start_epoch=start_epoch, best_acc1=best)
+        log=log, before_epoch=prepare, start_epoch=start_epoch, best_acc1=best,
+        drop_last=distiller.needs_full_batches)
 
 
 def main(argv=None) -> None:

@@ -95,8 +95,13 @@ def load_pretrained(args: argparse.Namespace, model: nn.Module, num_classes: int
 
 
 def build_student(args: argparse.Namespace, num_classes: int) -> nn.Module:
-    """The student/plain model, initialised from --student-resume or cached ImageNet weights if asked."""
-    model = build_model(args.arch, num_classes)
+    """The student/plain model, initialised from --student-resume or cached ImageNet weights if asked. With
+    --seed, its random initialisation is drawn from the seed alone (a forked RNG): the same student starts
+    every method's run of that seed, whatever the script built before it (main_mgd.py builds the teacher)."""
+    with torch.random.fork_rng(devices=[]):
+        if args.seed is not None:
+            torch.manual_seed(args.seed)
+        model = build_model(args.arch, num_classes)
     if args.student_resume:
         load_weights(model, args.student_resume, "--student-resume", num_classes)
     elif args.use_pretrained:
@@ -147,7 +152,7 @@ def fit(*, args: argparse.Namespace, device: torch.device, precision: Precision,
         step: StepFn, trainable: nn.Module, optimizer, scheduler, train_set, valid_loader,
         extra_state: Callable[[], Dict[str, Any]], log: RunLog,
         before_epoch: Optional[Callable[[int], Dict[str, Any]]] = None,
-        start_epoch: int = 0, best_acc1: float = 0.0) -> float:
+        start_epoch: int = 0, best_acc1: float = 0.0, drop_last: bool = False) -> float:
     """Epoch loop: ``before_epoch`` (the distiller's prepare step), train, step the LR, evaluate,
     checkpoint, log. ``trainable`` is what gets train mode (the DDP-wrapped module); ``extra_state()`` adds
     to checkpoints (e.g. the distiller's state). Returns the best top-1."""
@@ -159,7 +164,7 @@ def fit(*, args: argparse.Namespace, device: torch.device, precision: Precision,
         lr = optimizer.param_groups[0]["lr"]
         trainable.train()
         loader = epoch_loader(train_set, args.per_process_batch, args.workers, epoch, args.seed or 0, args.rank,
-                              args.world_size, device.type == "cuda")
+                              args.world_size, device.type == "cuda", drop_last=drop_last)
         train_stats = train_one_epoch(step, loader, optimizer, precision, epoch, device, args.rank == 0,
                                       args.print_freq, last_good_checkpoint(args.output_dir, resumed_from=args.resume))
         scheduler.step()

@@ -12,6 +12,7 @@ from typing import Dict, List, Optional
 
 import torch
 
+from cls.data import DATASETS, default_input_size
 from mgd.engine import (ArgumentParser, Meter, UserError, add_launch_arguments, add_precision_arguments,
                         add_run_arguments, check_output_dir, read_weights)
 from mgd.engine.args import non_negative_float, non_negative_int, positive_float, positive_int
@@ -29,9 +30,11 @@ def common_parser(description: str, nesterov: int) -> argparse.ArgumentParser:
     ours. ``nesterov``: the script's default (the original main_base.py: plain momentum; main_mgd.py: Nesterov)."""
     p = ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("data", metavar="DIR", help="DIR/train and DIR/valid (or DIR/val) image folders, "
-                   "or the Fashion-MNIST folder with --dataset fashion-mnist")
-    p.add_argument("--dataset", default="imagefolder", choices=["imagefolder", "fashion-mnist"])
-    p.add_argument("--download", action="store_true", help="let torchvision download Fashion-MNIST if missing")
+                   "or the Fashion-MNIST folder with --dataset fashion-mnist, or the folder that holds the CIFAR "
+                   "python archive (cifar-10-batches-py/, cifar-100-python/ or its .tar.gz) with --dataset cifar10|100")
+    p.add_argument("--dataset", default="imagefolder", choices=list(DATASETS))
+    p.add_argument("--download", action="store_true", help="let torchvision download Fashion-MNIST or CIFAR if "
+                   "missing")
     p.add_argument("-a", "--arch", default="resnet18", help="model (student) architecture")
     p.add_argument("-j", "--workers", default=4, type=non_negative_int, help="data loading workers per process "
                    "(the original: 32 per node)")
@@ -66,7 +69,8 @@ def common_parser(description: str, nesterov: int) -> argparse.ArgumentParser:
                    help="start the student from torchvision's ImageNet weights (only if cached locally)")
     p.add_argument("--sync-bn", default=0, type=int, choices=[0, 1], help="SyncBatchNorm in distributed training "
                    "(the student's BNs and MGD's student-side norm layers)")
-    p.add_argument("--input-size", default=224, type=positive_int)
+    p.add_argument("--input-size", default=None, type=positive_int, help="training crop; unset: 32 for CIFAR "
+                   "(the images' size), 224 otherwise")
     p.add_argument("--train-subset", default=None, type=positive_int,
                    help="use a fixed random subset of N training images")
     p.add_argument("--val-subset", default=None, type=positive_int,
@@ -77,6 +81,8 @@ def common_parser(description: str, nesterov: int) -> argparse.ArgumentParser:
 
 def finish_args(args: argparse.Namespace, tag: Optional[str]) -> argparse.Namespace:
     """Complete and check the arguments in the parent process (before any spawn)."""
+    if args.input_size is None:
+        args.input_size = default_input_size(args.dataset)
     if args.output_dir is None:
         name = os.path.basename(os.path.normpath(args.data)) or "data"
         args.output_dir = os.path.join("output", ".".join([name, args.arch] + ([tag] if tag else [])))

@@ -1,27 +1,40 @@
 #!/usr/bin/env python
-"""Train / evaluate MGD RetinaNet with Detectron2 (an external project; detectron2 itself is unchanged).
+"""Train / evaluate a distilled detector (MGD, OFD; KD, DKD for Faster R-CNN) with Detectron2, an external
+project (detectron2 itself is unchanged).
 
     python d2/train_net.py --config-file d2/configs/mgd_retinanet_R50_R18_FPN_1x.yaml --num-gpus 8 \\
         MODEL.WEIGHTS output/mgd_init.pth
     python d2/train_net.py --config-file d2/configs/mgd_retinanet_R50_R18_FPN_1x.yaml --eval-only \\
         MODEL.WEIGHTS output/model_final.pth          # COCO AP of the student alone
+    python d2/train_net.py --config-file ... --num-gpus 2 MODEL.DEVICE cpu    # 2 CPU processes over gloo
+    python d2/train_net.py --config-file ... --register-coco trees_train trees_train.json images/ \\
+        DATASETS.TRAIN "('trees_train',)"              # your own COCO-format data, no code
 """
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
 
 from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.config import get_cfg  # noqa: E402
-from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch  # noqa: E402
+from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup  # noqa: E402
 from detectron2.evaluation import COCOEvaluator, verify_results  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
 
-from mgd_d2 import MGDUpdateHook, add_mgd_config  # noqa: E402
+from mgd.engine.errors import EXIT_USER  # noqa: E402
+from mgd_d2 import MGDUpdateHook, add_mgd_config, cpu_ddp, launch, register_coco_datasets  # noqa: E402
 
 
 class Trainer(DefaultTrainer):
-    """DefaultTrainer plus the MGD matching-update hook (first, so updates are not timed as steps)."""
+    """DefaultTrainer plus the distiller's hook (matching updates, loss-factor calibration; first, so that
+    they are not timed as steps); a CPU model is wrapped in DDP without device ids."""
+
+    def __init__(self, cfg):
+        with cpu_ddp():
+            super().__init__(cfg)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
@@ -31,17 +44,33 @@ class Trainer(DefaultTrainer):
 
     def build_hooks(self):
         hooks = super().build_hooks()
-        if self.cfg.MODEL.META_ARCHITECTURE == "MGDRetinaNet":
+        model = self.model.module if hasattr(self.model, "module") else self.model
+        if getattr(model, "distiller", None) is not None:
             hooks.insert(0, MGDUpdateHook(self.cfg))
         return hooks
 
 
-def setup(args):
+def argument_parser():
+    parser = default_argument_parser()
+    parser.add_argument("--register-coco", nargs=3, action="append", default=[],
+                        metavar=("NAME", "JSON", "IMAGE_DIR"),
+                        help="register a COCO-format dataset under NAME in every process (repeatable)")
+    return parser
+
+
+def load_config(args):
+    """The merged config (not frozen, no side effects): the MGD keys, the file, the command line's opts."""
     cfg = get_cfg()
     add_mgd_config(cfg)
     cfg.merge_from_file(args.config_file)
     cfg.MGD.CONFIG_DIR = os.path.dirname(os.path.abspath(args.config_file))
     cfg.merge_from_list(args.opts)
+    return cfg
+
+
+def setup(args):
+    register_coco_datasets(args.register_coco)
+    cfg = load_config(args)
     cfg.freeze()
     default_setup(cfg, args)
     return cfg
@@ -50,7 +79,7 @@ def setup(args):
 def main(args):
     cfg = setup(args)
     if args.eval_only:
-        model = Trainer.build_model(cfg)  # MGDRetinaNet in eval mode runs the student alone
+        model = Trainer.build_model(cfg)  # a distillation meta-architecture in eval mode runs the student alone
         DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         res = Trainer.test(cfg, model)
         if comm.is_main_process():
@@ -61,8 +90,22 @@ def main(args):
     return trainer.train()
 
 
+def run(args, main_func=main):
+    """``main_func(args)`` in ``args.num_gpus`` processes: detectron2's launch on GPUs, gloo processes when
+    MODEL.DEVICE is cpu (or no GPU exists). A bad config or dataset is one line and exit code 2."""
+    try:
+        register_coco_datasets(args.register_coco)  # checked here once, before any process starts
+        device = load_config(args).MODEL.DEVICE
+    except (ValueError, FileNotFoundError, KeyError, AssertionError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(EXIT_USER)
+    if not torch.cuda.is_available():
+        device = "cpu"
+    launch(main_func, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+           dist_url=args.dist_url, args=(args,), device="cpu" if device == "cpu" else "cuda")
+
+
 if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
+    args = argument_parser().parse_args()
     print("Command Line Args:", args)
-    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-           dist_url=args.dist_url, args=(args,))
+    run(args)

@@ -29,6 +29,7 @@ def main() -> None:
     optimizer = torch.optim.SGD(distiller.get_learnable_parameters(), lr=0.01, momentum=0.9)
     start = time.time()
     for epoch in range(3):
+        distiller.set_epoch(epoch)  # what warm-ups ramp on (DKD, ReviewKD, KD++); harmless for MGD
         if distiller.prepare_due(epoch):
             distiller.prepare(loader, epoch=epoch)  # MGD: the channel matching
         distiller.train()

@@ -4,7 +4,8 @@ around it, for PyTorch.
 Every method keeps one contract (:mod:`mgd.base`)::
 
     import mgd
-    d = mgd.build_distiller("mgd", teacher, student)      # or "ofd", "kd", "at", "sp", "nd", "sm"
+    d = mgd.build_distiller("mgd", teacher, student)      # or "ofd", "kd", "nd", "dkd", "dist", "reviewkd", ...
+    d.set_epoch(epoch)                                    # before each epoch: the warm-ups (DKD, ReviewKD, KD++)
     d.prepare(train_loader)                               # MGD: the channel matching; when d.prepare_due(epoch)
     logits, losses = d.forward_train(images, target)
     loss = d.task_weight * criterion(logits, target) + sum(losses.values())

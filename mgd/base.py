@@ -3,6 +3,7 @@
 ::
 
     d = mgd.build_distiller(name, teacher, student, **options)   # every option has a default
+    d.set_epoch(epoch)                         # before each epoch (warm-ups)
     d.prepare(loader)                          # what the method derives from data (MGD: the matching)
     logits, losses = d.forward_train(images, target)
     loss = d.task_weight * task_loss + sum(losses.values())
@@ -17,7 +18,7 @@ adds the terms, and checkpoints :meth:`Distiller.own_state_dict` beside the stud
 from __future__ import annotations
 
 import functools
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -45,7 +46,8 @@ class Distiller(nn.Module):
 
     * ``task_weight``: how much of the task loss (cross-entropy) the method keeps (KD: 1 - alpha);
     * ``needs_features``: whether :meth:`forward_train` captures stage features (hooks) or only logits;
-    * ``prepare_name``: what :meth:`prepare` derives, for logs ("matching", "class_means").
+    * ``prepare_name``: what :meth:`prepare` derives, for logs ("matching", "class_means");
+    * ``needs_indices``: whether :meth:`forward_train` takes ``indices=`` (the samples' dataset indices).
 
     Args:
         t_net, s_net: teacher and student. The teacher receives no gradient and stays in eval mode (unless
@@ -62,6 +64,15 @@ class Distiller(nn.Module):
     prepare_name: str = "prepare"
     #: Whether each distilled teacher stage must be at least as wide as its student stage (MGD's matching).
     wider_teacher: bool = False
+    #: Whether :meth:`forward_train` needs ``indices=`` (each sample's index in the training set: CRD's memory).
+    needs_indices: bool = False
+    #: The training epoch (0-based) announced by :meth:`set_epoch`: what warm-ups ramp on (None: never announced).
+    epoch: Optional[int] = None
+    #: Whether training must drop a last, smaller batch (ReviewKD: a BatchNorm on 1x1 maps needs 2 samples).
+    needs_full_batches: bool = False
+    #: Whether the method may run in nn.DataParallel replicas (False: its training forward moves a memory, whose
+    #: in-place updates DataParallel keeps from one replica only; use DistributedDataParallel).
+    replica_safe: bool = True
     _NETWORK_PREFIXES = ("t_net.", "s_net.")
 
     def __init_subclass__(cls, **kwargs) -> None:
@@ -194,6 +205,12 @@ class Distiller(nn.Module):
         self._sources = []
 
     # ------------------------------------------------------------------------------------------ data
+    def set_epoch(self, epoch: int) -> None:
+        """Announce the epoch about to be trained (0-based; as ``DistributedSampler.set_epoch``): the methods
+        whose terms ramp in over a warm-up (DKD, ReviewKD, KD++) read it. Training loops call it before each
+        epoch (mgd.engine does), so a resumed run ramps exactly as an uninterrupted one."""
+        self.epoch = int(epoch)
+
     def prepare_due(self, epoch: int) -> bool:
         """True when :meth:`prepare` should run before ``epoch`` (0-based). Default: never."""
         return False
@@ -216,6 +233,27 @@ class Distiller(nn.Module):
         on every process. Default: none."""
         return {}
 
+    # ------------------------------------------------------------------------------------------ capture
+    def teacher_features(self, forward: Callable[[], Any]) -> Tuple[List[torch.Tensor], Any]:
+        """Stage features of the teacher captured while ``forward()`` runs (without gradients), and its
+        result; for callers that run the networks themselves (e.g. only a detector's backbone)."""
+        with torch.no_grad():
+            return self._run("_t_src", forward, "teacher")
+
+    def student_features(self, forward: Callable[[], Any]) -> Tuple[List[torch.Tensor], Any]:
+        """Stage features of the student captured while ``forward()`` runs, and its result: e.g. a
+        detector's own training forward, so the student runs once for both its losses and MGD."""
+        return self._run("_s_src", forward, "student")
+
+    def _run(self, source_name: str, forward: Callable[[], Any], role: str) -> Tuple[List[torch.Tensor], Any]:
+        if not self.needs_features:
+            raise TypeError(f"{type(self).__name__} captures no stage features")
+        source = getattr(self, source_name)
+        if not hasattr(source, "run"):
+            raise TypeError(f"{role}_features needs hook-captured features; this {role} uses the "
+                            "extract_feature protocol, call the distiller instead")
+        return source.run(forward, self.preReLU)
+
     # ------------------------------------------------------------------------------------------ training
     def run_networks(self, images: torch.Tensor) -> Tuple[Any, Any, Any, Any]:
         """(teacher features, teacher output, student features, student output); the teacher without
@@ -237,8 +275,8 @@ class Distiller(nn.Module):
             losses = self.losses(s_feats, t_feats, s_out, t_out, target)
         return s_out, losses
 
-    def forward(self, images: torch.Tensor, target: Optional[torch.Tensor] = None):
-        return self.forward_train(images, target)
+    def forward(self, *args, **kwargs):
+        return self.forward_train(*args, **kwargs)
 
     def losses(self, s_feats, t_feats, s_out, t_out, target) -> Dict[str, torch.Tensor]:
         raise NotImplementedError

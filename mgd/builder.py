@@ -27,7 +27,7 @@ from torch import nn
 
 from . import distributed as mdist
 from .base import TrainableDistiller, float32_region
-from .calibration import DEFAULT_CALIBRATION_IMAGES, DEFAULT_LOSS_RATIO
+from .calibration import DEFAULT_CALIBRATION_IMAGES, DEFAULT_LOSS_RATIO, TaskLoss
 from .feature_distiller import PartialL2Distiller, halving_stage_weights
 from .features import StageSpec
 from .losses import kd_loss
@@ -112,7 +112,8 @@ class MGDistiller(PartialL2Distiller):
         loss_factor: :meth:`forward_train` divides the summed distillation loss by the batch size and this
             factor (1e4, the original's value at 224 px; the right value depends on the input size). "auto":
             measured after the first matching so that the distillation term starts at ``loss_ratio`` times
-            the cross-entropy, on ``calibration_images`` images (:func:`mgd.calibrate_loss_factor`).
+            the cross-entropy (or ``calibration_task_loss(output, target)``), on ``calibration_images`` images
+            (:func:`mgd.calibrate_loss_factor`).
         update_freq: :meth:`prepare_due` asks for a new matching before every ``update_freq``-th epoch
             (the original's ``--mgd-update-freq``, 2).
         update_epochs: instead, the epochs (0-based) before which to re-solve, e.g. the log-spaced list of
@@ -149,6 +150,7 @@ class MGDistiller(PartialL2Distiller):
                  loss_factor: Union[float, str] = 1e4,
                  loss_ratio: float = DEFAULT_LOSS_RATIO,
                  calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
+                 calibration_task_loss: Optional[TaskLoss] = None,
                  update_freq: int = 2,
                  update_epochs: Optional[Sequence[int]] = None,
                  update_images: Optional[int] = DEFAULT_UPDATE_IMAGES,
@@ -167,7 +169,8 @@ class MGDistiller(PartialL2Distiller):
         super().__init__(t_net, s_net, teacher_layers=teacher_layers, student_layers=student_layers,
                          teacher_bns=teacher_bns, teacher_train_mode=teacher_train_mode, own_networks=own_networks,
                          ignore_inds=ignore_inds, loss_factor=loss_factor, loss_ratio=loss_ratio,
-                         calibration_images=calibration_images, stage_weights=stage_weights,
+                         calibration_images=calibration_images, calibration_task_loss=calibration_task_loss,
+                         stage_weights=stage_weights,
                          teacher_channels=teacher_channels, student_channels=student_channels,
                          example_input=example_input)
         self.sync_bn = bool(sync_bn)
@@ -323,23 +326,6 @@ class MGDistiller(PartialL2Distiller):
             return ("the loaded state has a student norm layer for this stage, this distiller does not distil it "
                     f"({why})")
         return f"the loaded state has no student norm layer for this stage, this distiller distils it ({why})"
-
-    def teacher_features(self, forward: Callable[[], Any]) -> Tuple[List[torch.Tensor], Any]:
-        """Stage features of the teacher captured while ``forward()`` runs (without gradients), and its
-        result; for callers that run the networks themselves (e.g. only a detector's backbone)."""
-        with torch.no_grad():
-            return self._run(self._t_src, forward, "teacher")
-
-    def student_features(self, forward: Callable[[], Any]) -> Tuple[List[torch.Tensor], Any]:
-        """Stage features of the student captured while ``forward()`` runs, and its result: e.g. a
-        detector's own training forward, so the student runs once for both its losses and MGD."""
-        return self._run(self._s_src, forward, "student")
-
-    def _run(self, source, forward, role):
-        if not hasattr(source, "run"):
-            raise TypeError(f"{role}_features needs hook-captured features; this {role} uses the "
-                            "extract_feature protocol, call the distiller instead")
-        return source.run(forward, self.preReLU)
 
     # ------------------------------------------------------------------------------------------ matching
     def prepare_due(self, epoch: int) -> bool:

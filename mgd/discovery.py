@@ -55,6 +55,10 @@ class DiscoveredStage:
     activation: Optional[str] = None
 
 
+#: The way out for models without convolutional stages (a ViT, a Swin): the methods that need none.
+_LOGIT_METHODS = "or distil through the logits and embeddings only (kd, nd, dkd, dist; --nd-weight for their ++)"
+
+
 def _timm_candidates(model: nn.Module) -> Optional[List[Tuple[str, int]]]:
     """(module, reduction) of each stage from timm's ``feature_info`` (a list of dicts, or FeatureInfo)."""
     info = getattr(model, "feature_info", None)
@@ -97,7 +101,7 @@ def stage_candidates(model: nn.Module, outputs: Dict[str, torch.Tensor], size: i
     if trunk is None:
         raise ValueError(f"{type(model).__name__}: no stage positions found (no timm feature_info and no "
                          "nn.Sequential trunk to find stages in); name its pre-ReLU stage layers "
-                         "(teacher_layers=[...], student_layers=[...])")
+                         f"(teacher_layers=[...], student_layers=[...]), {_LOGIT_METHODS}")
     children = list(model.get_submodule(trunk).named_children())
     if len(children) > 1 and _is_head_conv(children[-1][1]):
         children = children[:-1]
@@ -150,11 +154,11 @@ def _traced(model: nn.Module, size: int):
     for side in dict.fromkeys((size, 224)):
         try:
             return side, _trace(model, side)
-        except RuntimeError as exc:
+        except (RuntimeError, AssertionError) as exc:  # a shape error; a ViT asserts its image size
             error = exc
     reason = str(error).splitlines()[0] if str(error) else type(error).__name__
     raise ValueError(f"{type(model).__name__}: a forward of a {size} or 224 px image failed ({reason}); name the "
-                     "stage layers (teacher_layers=[...], student_layers=[...])") from error
+                     f"stage layers (teacher_layers=[...], student_layers=[...]), {_LOGIT_METHODS}") from error
 
 
 def _final_activation(model: nn.Module, stage: str, outputs: Dict[str, torch.Tensor]) -> Optional[str]:
@@ -206,7 +210,8 @@ def discover_stages(model: nn.Module, size: int = _TRACE_SIZE) -> List[Discovere
     if len(stages) < 2:
         found = f"only {stages[0].spec.module}" if stages else "none"
         raise ValueError(f"{type(m).__name__}: no stage positions found (stages at reduction >= {MIN_REDUCTION}: "
-                         f"{found}); name its pre-ReLU stage layers (teacher_layers=[...], student_layers=[...])")
+                         f"{found}); name its pre-ReLU stage layers (teacher_layers=[...], student_layers=[...]), "
+                         f"{_LOGIT_METHODS}")
     return stages
 
 

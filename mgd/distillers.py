@@ -5,52 +5,34 @@ methods beside MGD, on the same feature-capture machinery.
 ``build_distiller(name, teacher, student)`` works for every name on torchvision classifiers.
 
 * ``mgd``: :class:`~mgd.builder.MGDistiller` (Yue et al., ECCV 2020); ``sm``: MGD with sparse matching.
-* ``kd``: Hinton et al. 2015, loss (1 - alpha) CE + alpha T^2 KL.
+* ``kd``, ``nd`` (KD++), ``dkd``, ``dist``: the logit methods of :mod:`mgd.logit_distillers`, each with
+  KD++'s ND term as its "++" (``nd_weight`` > 0); ``reviewkd``: :mod:`mgd.reviewkd`; ``crd``: :mod:`mgd.crd`.
 * ``at``: Zagoruyko & Komodakis 2017, beta/2 sum_stages at_loss on post-ReLU stage outputs.
 * ``sp``: Tung & Mori 2019, gamma * sp_loss on the last stage's post-ReLU output.
 * ``ofd``: Heo et al. 2019, a 1x1 conv + BN connector per stage from student to teacher channels, partial
   L2 to the teacher's pre-ReLU features above OFD's margins, stage weights 1/2^(n-i-1).
-* ``nd``: KD++ (Wang et al., ICCV 2023) = KD + the ND loss on the penultimate embeddings.
 """
 from __future__ import annotations
 
 import inspect
-import time
-from typing import Any, Dict, Iterable, List, Optional, Set, Type, Union
+from typing import Any, Dict, List, Optional, Set, Type, Union
 
 import torch
 from torch import nn
 
-from . import distributed as mdist
 from .base import Distiller
 from .builder import MGDistiller, SMDistiller
+from .crd import CRDDistiller
+from .embedding import classifier_layer
 from .feature_distiller import PartialL2Distiller
-from .features import StageSpec, unwrap
-from .losses import at_loss, kd_loss, nd_loss, sp_loss
+from .logit_distillers import DISTDistiller, DKDDistiller, KDDistiller, NDDistiller
+from .losses import at_loss, sp_loss
 from .margin import margin_target, partial_l2
+from .reviewkd import ReviewKDDistiller
 
-__all__ = ["Distiller", "KDDistiller", "ATDistiller", "SPDistiller", "OFDistiller", "NDDistiller",
-           "DISTILLERS", "build_distiller", "distiller_options", "option_default", "classifier_layer"]
-
-
-class KDDistiller(Distiller):
-    """Hinton's KD: alpha T^2 KL(softmax(t/T) || softmax(s/T)); the cross-entropy keeps weight 1 - alpha
-    (Hinton et al. 2015, Sec. 2; alpha 0.9, T 4 as in the CRD benchmark code most toolkits follow)."""
-
-    needs_features = False
-
-    def __init__(self, t_net: nn.Module, s_net: nn.Module, alpha: float = 0.9, temperature: float = 4.0,
-                 **kwargs) -> None:
-        super().__init__(t_net, s_net, **kwargs)
-        if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"kd alpha must be in [0, 1], got {alpha}")
-        if temperature <= 0:
-            raise ValueError(f"kd temperature must be positive, got {temperature}")
-        self.alpha, self.temperature = float(alpha), float(temperature)
-        self.task_weight = 1.0 - self.alpha
-
-    def losses(self, s_feats, t_feats, s_out, t_out, target):
-        return {"kd": self.alpha * kd_loss(s_out, t_out, self.temperature)}
+__all__ = ["Distiller", "KDDistiller", "ATDistiller", "SPDistiller", "OFDistiller", "NDDistiller", "DKDDistiller",
+           "DISTDistiller", "ReviewKDDistiller", "CRDDistiller", "DISTILLERS", "build_distiller", "distiller_options",
+           "option_default", "classifier_layer"]
 
 
 class ATDistiller(Distiller):
@@ -108,122 +90,11 @@ class OFDistiller(PartialL2Distiller):
         return {"ofd": self.normalise(total, s_out.shape[0])}
 
 
-def classifier_layer(net: nn.Module) -> str:
-    """Name of the final ``nn.Linear`` of a classifier (``fc``, ``classifier.1``, ``head.fc``, ...): the
-    layer whose input is the penultimate embedding."""
-    linears = [name for name, m in unwrap(net).named_modules() if isinstance(m, nn.Linear)]
-    if not linears:
-        raise ValueError(f"{type(unwrap(net)).__name__} has no nn.Linear classifier; name the embedding layer")
-    return linears[-1]
-
-
-def _sync_ready_flag(module: "NDDistiller", keys) -> None:
-    """After a state dict is loaded: whether it holds the class means (read once, not at every step)."""
-    module._ready = bool(module.class_means_ready)
-
-
-class NDDistiller(KDDistiller):
-    """KD++: KD plus the ND loss on the penultimate embeddings (the input of the final classifier).
-
-    The teacher's class-mean embeddings are computed once by :meth:`prepare` (over the training set) and
-    kept in a buffer (so checkpoints cache them). When the embedding sizes differ, a linear projection maps
-    the student's embedding to the teacher's size. ``num_classes`` defaults to the teacher classifier's
-    output count; the embedding layers default to each network's last ``nn.Linear``.
-    """
-
-    prepare_name = "class_means"
-
-    def __init__(self, t_net: nn.Module, s_net: nn.Module, num_classes: Optional[int] = None,
-                 nd_weight: float = 1.0, alpha: float = 0.9, temperature: float = 4.0,
-                 teacher_embedding: Optional[str] = None, student_embedding: Optional[str] = None,
-                 **kwargs) -> None:
-        super().__init__(t_net, s_net, alpha=alpha, temperature=temperature, **kwargs)
-        self.nd_weight = float(nd_weight)
-        teacher_embedding = teacher_embedding or classifier_layer(t_net)
-        student_embedding = student_embedding or classifier_layer(s_net)
-        self._t_emb = self._source(t_net, [StageSpec(teacher_embedding, capture="input")], None, "teacher")
-        self._s_emb = self._source(s_net, [StageSpec(student_embedding, capture="input")], None, "student")
-        t_layer = self._embedding_layer(t_net, teacher_embedding)
-        s_dim = self._embedding_layer(s_net, student_embedding).in_features
-        t_dim = t_layer.in_features
-        if num_classes is None:
-            num_classes = t_layer.out_features
-        self.projection = nn.Identity() if t_dim == s_dim else nn.Linear(s_dim, t_dim, bias=False)
-        self.register_buffer("class_means", torch.zeros(int(num_classes), t_dim))
-        self.register_buffer("class_means_ready", torch.zeros((), dtype=torch.bool))
-        self._ready = False  # mirrors class_means_ready on the Python side (no device sync per step)
-        self.register_load_state_dict_post_hook(_sync_ready_flag)
-        self._summary: Dict[str, Any] = {}
-
-    @staticmethod
-    def _embedding_layer(net: nn.Module, name: str) -> nn.Linear:
-        layer = unwrap(net).get_submodule(name)
-        if not isinstance(layer, nn.Linear):
-            raise TypeError(f"the embedding layer {name!r} must be the final nn.Linear, got {type(layer).__name__}")
-        return layer
-
-    def prepare_due(self, epoch: int) -> bool:
-        return not self._ready
-
-    def prepare(self, loader: Iterable, epoch: Optional[int] = None) -> None:
-        """The teacher's class-mean embeddings over ``loader`` ((images, labels) batches, each process its
-        own shard)."""
-        self.compute_class_means(loader)
-
-    def prepared_state(self) -> List[torch.Tensor]:
-        return [self.class_means]
-
-    def prepare_summary(self) -> Dict[str, Any]:
-        return dict(self._summary)
-
-    @torch.no_grad()
-    def compute_class_means(self, loader: Iterable, device: Optional[torch.device] = None) -> None:
-        """Average the teacher's embeddings per class over ``loader`` ((images, labels) batches); summed
-        over all processes when distributed."""
-        start = time.perf_counter()
-        device = device or self.class_means.device
-        sums = torch.zeros_like(self.class_means, dtype=torch.float64)
-        counts = torch.zeros(self.class_means.shape[0], dtype=torch.float64, device=device)
-        was = self.t_net.training
-        self.t_net.eval()
-        for images, labels in loader:
-            (emb,), _ = self._t_emb(self.t_net, images.to(device))
-            labels = labels.to(device)
-            sums.index_add_(0, labels, emb.double())
-            counts.index_add_(0, labels, torch.ones_like(labels, dtype=torch.float64))
-        self.t_net.train(was)
-        mdist.all_reduce_sum(sums)
-        mdist.all_reduce_sum(counts)
-        if (counts == 0).any():
-            missing = (counts == 0).nonzero().flatten().tolist()
-            raise ValueError(f"no training image of class(es) {missing[:10]}: cannot compute their mean embedding")
-        self.class_means.copy_((sums / counts[:, None]).float())
-        self.class_means_ready.fill_(True)
-        self._ready = True
-        self._summary = {"classes": int(counts.numel()), "images": int(counts.sum().item()),
-                         "seconds": round(time.perf_counter() - start, 2)}
-
-    def run_networks(self, images):
-        with torch.no_grad():
-            (t_emb,), t_out = self._t_emb(self.t_net, images)
-        (s_emb,), s_out = self._s_emb(self.s_net, images)
-        return [t_emb], t_out, [s_emb], s_out
-
-    def losses(self, s_feats, t_feats, s_out, t_out, target):
-        if target is None:
-            raise ValueError("the ND loss needs the labels: call forward_train(images, target)")
-        if not self._ready:
-            raise RuntimeError("call prepare(train_loader) (the class means) before training with the ND loss")
-        out = super().losses(s_feats, t_feats, s_out, t_out, target)
-        out["nd"] = self.nd_weight * nd_loss(self.projection(s_feats[0].float()), t_feats[0], self.class_means,
-                                             target)
-        return out
-
-
 #: name -> distiller class; every class takes (teacher, student, **options) with a default for each option.
 DISTILLERS: Dict[str, Type[Distiller]] = {
     "mgd": MGDistiller, "sm": SMDistiller, "ofd": OFDistiller, "kd": KDDistiller, "at": ATDistiller,
-    "sp": SPDistiller, "nd": NDDistiller,
+    "sp": SPDistiller, "nd": NDDistiller, "dkd": DKDDistiller, "dist": DISTDistiller, "reviewkd": ReviewKDDistiller,
+    "crd": CRDDistiller,
 }
 
 

@@ -14,7 +14,7 @@ import torch.distributed as dist
 
 __all__ = [
     "any_rank", "is_distributed", "get_rank", "get_world_size", "is_main_process", "all_reduce_sum", "broadcast",
-    "barrier", "init_process_group", "default_backend", "same_on_all_ranks",
+    "barrier", "init_process_group", "default_backend", "same_on_all_ranks", "all_gather_cat",
 ]
 
 
@@ -40,6 +40,24 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     if is_distributed():
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+@torch.no_grad()
+def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
+    """Every rank's ``tensor`` concatenated along dim 0, in rank order (no gradient; ``tensor`` itself in a
+    single process). The ranks may hold different numbers of rows (a last, smaller batch)."""
+    if not is_distributed():
+        return tensor
+    world = dist.get_world_size()
+    rows = torch.tensor([tensor.shape[0]], device=tensor.device)
+    sizes = [torch.zeros_like(rows) for _ in range(world)]
+    dist.all_gather(sizes, rows)
+    longest = max(int(s) for s in sizes)
+    padded = tensor.new_zeros((longest, *tensor.shape[1:]))
+    padded[:tensor.shape[0]] = tensor
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded.contiguous())
+    return torch.cat([part[:int(n)] for part, n in zip(parts, sizes)])
 
 
 def any_rank(flag: bool, device: torch.device) -> bool:

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .base import Distiller
-from .calibration import DEFAULT_CALIBRATION_IMAGES, DEFAULT_LOSS_RATIO, calibrate_loss_factor
+from .calibration import DEFAULT_CALIBRATION_IMAGES, DEFAULT_LOSS_RATIO, TaskLoss, calibrate_loss_factor
 from .features import unwrap
 from .margin import NO_MARGIN, margin_from_bn
 
@@ -52,6 +52,8 @@ class PartialL2Distiller(Distiller):
             measured by :meth:`prepare` so that the distillation term starts at ``loss_ratio`` times the
             cross-entropy, on ``calibration_images`` images (:func:`mgd.calibrate_loss_factor`), then kept
             in the state dict (a resumed run does not measure it again).
+        calibration_task_loss: ``fn(student output, target)``, the task loss of that measurement where it is
+            not the cross-entropy (e.g. a segmentation's per-pixel loss, MoCo's InfoNCE).
         stage_weights: per-stage weights (default :func:`halving_stage_weights`).
         teacher_channels, student_channels, example_input: where channel counts cannot be read off the
             named modules (see :meth:`~mgd.base.Distiller._stage_channels`).
@@ -64,6 +66,7 @@ class PartialL2Distiller(Distiller):
     def __init__(self, t_net: nn.Module, s_net: nn.Module, *, ignore_inds: Optional[Sequence[int]] = None,
                  loss_factor: Union[float, str] = 1e4, loss_ratio: float = DEFAULT_LOSS_RATIO,
                  calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
+                 calibration_task_loss: Optional[TaskLoss] = None,
                  stage_weights: Optional[Sequence[float]] = None,
                  teacher_channels: Optional[Sequence[int]] = None,
                  student_channels: Optional[Sequence[int]] = None,
@@ -82,6 +85,7 @@ class PartialL2Distiller(Distiller):
         else:
             self.loss_factor = float(loss_factor)
         self.loss_ratio, self.calibration_images = float(loss_ratio), int(calibration_images)
+        self.calibration_task_loss = calibration_task_loss
         self.t_channels, self.s_channels = self._stage_channels(teacher_channels, student_channels, example_input)
         n = len(self.t_channels)
         self._select_stages(n, ignore_inds)
@@ -139,10 +143,12 @@ class PartialL2Distiller(Distiller):
             self.calibrated_loss_factor.fill_(self.loss_factor)
 
     def calibrate(self, loader: Iterable) -> None:
-        """Measure and set the loss factor (:func:`mgd.calibrate_loss_factor`, cross-entropy as the task loss,
-        ``loss_ratio``, ``calibration_images``); ``loader`` must be iterable again (a DataLoader)."""
+        """Measure and set the loss factor (:func:`mgd.calibrate_loss_factor` with ``calibration_task_loss``,
+        cross-entropy by default, ``loss_ratio`` and ``calibration_images``); ``loader`` must be iterable again
+        (a DataLoader)."""
+        task = {} if self.calibration_task_loss is None else {"task_loss": self.calibration_task_loss}
         self.set_loss_factor(calibrate_loss_factor(self, loader, ratio=self.loss_ratio,
-                                                   max_images=self.calibration_images))
+                                                   max_images=self.calibration_images, **task))
 
     def prepare_due(self, epoch: int) -> bool:
         return self.needs_calibration

@@ -34,7 +34,8 @@ from mgd.engine import (ArgumentParser, Precision, RunLog, SkipUnreadable, UserE
                         last_good_checkpoint, launch, load_checkpoint, plain_args, prepare_if_due, refuse_non_finite,
                         resume_from, run_cli, save_checkpoints, seed_everything, setup_process, start_output_dir,
                         train_one_epoch, worker_guard, wrap_for_training)
-from mgd.engine.args import non_negative_float, non_negative_int, positive_float, positive_int
+from mgd.calibration import DEFAULT_LOSS_RATIO
+from mgd.engine.args import loss_factor, non_negative_float, non_negative_int, positive_float, positive_int
 from mgd.engine.checkpoints import check_epochs_left
 from unsup.moco import MoCo, TwoCropsTransform, moco_augmentation
 
@@ -78,7 +79,11 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--cos", action="store_true", help="cosine learning-rate schedule")
     p.add_argument("--teacher-arch", default="resnet50", choices=ARCHS)
     p.add_argument("--teacher-resume", required=True, metavar="PATH", help="an official MoCo-v2 checkpoint")
-    p.add_argument("--loss-factor", default=1e4, type=positive_float)
+    p.add_argument("--loss-factor", default=1e4, type=loss_factor, help="the distillation loss is divided by the "
+                   "batch size and this factor; 'auto': measured after the first matching so that the distillation "
+                   "term starts at --loss-ratio times the InfoNCE loss (kept in the checkpoint)")
+    p.add_argument("--loss-ratio", default=DEFAULT_LOSS_RATIO, type=positive_float,
+                   help="with --loss-factor auto: the distillation term's start as a multiple of InfoNCE")
     p.add_argument("--mgd-reducer", default="amp", choices=["amp", "rd", "sp", "sm"])
     p.add_argument("--mgd-update-epochs", default=DEFAULT_UPDATE_EPOCHS, nargs="*", type=non_negative_int,
                    help="re-solve the matching before these epochs (0-based; the same as after these 1-based "
@@ -131,6 +136,17 @@ class MoCoMGD(nn.Module):
         return logits, labels, d.losses(s_feats, t_feats, None, None, None)["distill"]
 
 
+class QueryKeyPairs:
+    """``(im_q, im_k)`` batches of a loader of ``((im_q, im_k), label)``; iterable again, as a DataLoader (the
+    matching and the loss-factor calibration each read it from the start)."""
+
+    def __init__(self, loader) -> None:
+        self.loader = loader
+
+    def __iter__(self):
+        return ((im_q, im_k) for (im_q, im_k), _ in self.loader)
+
+
 def learning_rate(args, epoch: int) -> float:
     if args.cos:
         return args.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / args.epochs))
@@ -163,6 +179,7 @@ def worker(local_rank: int, args) -> None:
                 args.mlp).to(device)
     distiller = mgd.build_distiller("mgd", teacher, moco.encoder_q, ignore_inds=[], reducer=args.mgd_reducer,
                                     distributed=args.distributed, loss_factor=args.loss_factor,
+                                    loss_ratio=args.loss_ratio, calibration_task_loss=moco.contrastive_loss,
                                     update_epochs=args.mgd_update_epochs,
                                     update_images=args.mgd_update_images).to(device)
     model = MoCoMGD(moco, distiller)
@@ -182,10 +199,10 @@ def worker(local_rank: int, args) -> None:
     criterion = nn.CrossEntropyLoss()
 
     def query_images(epoch: int):
-        """The training images through the training (query) augmentation, each process its own shard."""
-        loader = epoch_loader(dataset, args.per_process_batch, args.workers, epoch, args.seed or 0, args.rank,
-                              args.world_size, device.type == "cuda", salt=_PREPARE_SALT)
-        return ((im_q, label) for (im_q, _), label in loader)
+        """(query, key) views of the training images, each process its own shard: the matching tracks the
+        queries; --loss-factor auto weighs the distillation term against InfoNCE on both views."""
+        return QueryKeyPairs(epoch_loader(dataset, args.per_process_batch, args.workers, epoch, args.seed or 0,
+                                          args.rank, args.world_size, device.type == "cuda", salt=_PREPARE_SALT))
 
     def step(batch):
         (im_q, im_k), _ = batch

@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Callable, List, Tuple
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -20,14 +19,7 @@ from mgd import distributed as mdist
 __all__ = ["MoCo", "gather_from_all", "TwoCropsTransform", "moco_augmentation"]
 
 
-@torch.no_grad()
-def gather_from_all(x: torch.Tensor) -> torch.Tensor:
-    """Concatenate ``x`` from every rank along dim 0 (no gradient); ``x`` itself in a single process."""
-    if not mdist.is_distributed():
-        return x
-    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, x.contiguous())
-    return torch.cat(parts)
+gather_from_all = mdist.all_gather_cat  # every rank's rows along dim 0, no gradient
 
 
 class MoCo(nn.Module):
@@ -97,12 +89,30 @@ class MoCo(nn.Module):
                 k = self._unshuffle(F.normalize(self.encoder_k(im_k), dim=1), unshuffle)
             else:
                 k = F.normalize(self.encoder_k(im_k), dim=1)
+        logits, labels = self._logits(q, k)
+        self.dequeue_and_enqueue(k)
+        return logits, labels
+
+    def _logits(self, q: torch.Tensor, k: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """InfoNCE's logits (Eq. 1): q . k+ and q . queue, over T; the labels point at k+ (index 0)."""
         l_pos = (q * k).sum(dim=1, keepdim=True)
         l_neg = q @ self.queue.clone().detach()
         logits = torch.cat([l_pos, l_neg], dim=1) / self.T
-        labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
-        self.dequeue_and_enqueue(k)
-        return logits, labels
+        return logits, torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+
+    @torch.no_grad()
+    def contrastive_loss(self, query: torch.Tensor, im_k: torch.Tensor) -> torch.Tensor:
+        """The InfoNCE loss of ``query`` (the query encoder's output, before normalisation) against the keys of
+        ``im_k`` and the current queue, with no side effect: no momentum step, nothing enqueued, the key
+        encoder's BatchNorm statistics put back. What ``--loss-factor auto`` weighs the distillation term
+        against (the key batch is not shuffled across processes: a measurement, not a training step)."""
+        saved = {name: buf.clone() for name, buf in self.encoder_k.named_buffers()}
+        try:
+            k = F.normalize(self.encoder_k(im_k), dim=1)
+        finally:
+            self.encoder_k.load_state_dict(saved, strict=False)
+        logits, labels = self._logits(F.normalize(query.float(), dim=1), k.float())
+        return F.cross_entropy(logits, labels)
 
 
 class TwoCropsTransform:

@@ -6,8 +6,12 @@ torchvision families use the library's built-in stage positions; the models defi
 * torchvision: resnet18/34/50/101/152, wide_resnet50_2, mobilenet_v2, shufflenet_v2 (= _x1_0),
   shufflenet_v2_x0_5 / _x1_0 / _x1_5 / _x2_0;
 * mobilenet_v1 (written here, as torchvision has none);
-* small inputs (28-32 px): cifar_resnet<depth>[_w<width>] (e.g. cifar_resnet20, cifar_resnet56,
-  cifar_resnet20_w8) and wrn_<depth>_<k> (e.g. wrn_16_2, wrn_28_4, wrn_40_2);
+* small inputs (28-32 px), the models of the CIFAR distillation tables:
+  cifar_resnet<depth>[_w<width>] (ResNet-20/32/56/110: cifar_resnet20 ... cifar_resnet110; cifar_resnet20_w8),
+  cifar_resnet8x4 / cifar_resnet32x4 (CRD's pair), wrn_<depth>_<k> (e.g. wrn_16_2, wrn_28_4, wrn_40_2),
+  cifar_mobilenet_v2_x0_5 (CRD's MobileNetV2 student; _x1_0 too), cifar_shufflenet_v1,
+  cifar_shufflenet_v2 (= _x1_0; _x0_5 / _x1_5 / _x2_0), pyramidnet<depth>_a<alpha>[_bottleneck]
+  (OFD's pyramidnet200_a240_bottleneck teacher and pyramidnet110_a84 student);
 * timm/<name>: any timm CNN, created untrained; the library finds its stages (:mod:`mgd.discovery`).
 """
 from __future__ import annotations
@@ -23,23 +27,37 @@ from torch import nn
 from mgd.features import StageSpec
 
 from .cifar import CifarResNet, WideResNet
+from .cifar_mobilenet import CifarMobileNetV2
+from .cifar_shufflenet import SHUFFLENET_V2_WIDTHS, CifarShuffleNetV1, CifarShuffleNetV2
 from .mobilenet_v1 import MobileNetV1
+from .pyramidnet import PyramidNet
 
 __all__ = ["build_model", "stage_specs", "default_teacher", "ARCH_NAMES", "cached_weights_path"]
 
 _TORCHVISION = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "wide_resnet50_2", "mobilenet_v2",
-                "shufflenet_v2_x0_5", "shufflenet_v2_x1_0", "shufflenet_v2_x1_5", "shufflenet_v2_x2_0"]
-_ALIASES = {"shufflenet_v2": "shufflenet_v2_x1_0"}
-_CIFAR_RESNET = re.compile(r"^cifar_resnet(\d+)(?:_w(\d+))?$")
+                "shufflenet_v2_x0_5", "shufflenet_v2_x1_0", "shufflenet_v2_x1_5", "shufflenet_v2_x2_0",
+                # transformer teachers for the logit methods and ND (224 px inputs): the KD++ ViT -> ResNet table
+                "vit_b_16", "vit_b_32", "swin_t", "swin_s", "swin_b"]
+_ALIASES = {"shufflenet_v2": "shufflenet_v2_x1_0", "cifar_shufflenet_v2": "cifar_shufflenet_v2_x1_0"}
+_CIFAR_RESNET = re.compile(r"^cifar_resnet(\d+)(?:_w(\d+)|(x4))?$")
 _WRN = re.compile(r"^wrn_(\d+)_(\d+)$")
+_CIFAR_MOBILENET_V2 = re.compile(r"^cifar_mobilenet_v2_x(\d+)_(\d+)$")
+_CIFAR_SHUFFLENET_V2 = re.compile(r"^cifar_shufflenet_v2_x(\d+_\d+)$")
+_PYRAMIDNET = re.compile(r"^pyramidnet(\d+)_a(\d+)(_bottleneck)?$")
 
 #: Prefix of the timm models' names (``timm/resnet50``, ``timm/mobilenetv3_large_100``).
 TIMM_PREFIX = "timm/"
-ARCH_NAMES = _TORCHVISION + ["shufflenet_v2", "mobilenet_v1", "cifar_resnet<depth>[_w<width>]", "wrn_<depth>_<k>",
-                             "timm/<any timm CNN>"]
+ARCH_NAMES = _TORCHVISION + ["shufflenet_v2", "mobilenet_v1", "cifar_resnet<depth>[_w<width>]", "cifar_resnet<depth>x4",
+                             "wrn_<depth>_<k>", "cifar_mobilenet_v2_x0_5", "cifar_mobilenet_v2_x1_0",
+                             "cifar_shufflenet_v1", "cifar_shufflenet_v2[_x0_5|_x1_0|_x1_5|_x2_0]",
+                             "pyramidnet<depth>_a<alpha>[_bottleneck]", "timm/<any timm CNN>"]
 
 _DEFAULT_TEACHERS = {"mobilenet_v1": "resnet50", "mobilenet_v2": "resnet50", "resnet50": "resnet152",
-                     "resnet18": "resnet34", "resnet34": "resnet50"}
+                     "resnet18": "resnet34", "resnet34": "resnet50",
+                     # the CIFAR tables' pairs: CRD / DKD (resnet32x4 -> resnet8x4, ShuffleNetV1/V2), OFD (e-f)
+                     "cifar_resnet8x4": "cifar_resnet32x4", "cifar_shufflenet_v1": "cifar_resnet32x4",
+                     "cifar_shufflenet_v2_x1_0": "cifar_resnet32x4",
+                     "pyramidnet110_a84": "pyramidnet200_a240_bottleneck"}
 
 
 def _canonical(arch: str) -> str:
@@ -55,10 +73,23 @@ def build_model(arch: str, num_classes: int) -> nn.Module:
         return MobileNetV1(num_classes)
     m = _CIFAR_RESNET.match(arch)
     if m:
+        if m.group(3):  # CRD's x4: a 32-channel stem, stages 64-128-256
+            return CifarResNet(int(m.group(1)), 64, num_classes, stem_width=32)
         return CifarResNet(int(m.group(1)), int(m.group(2) or 16), num_classes)
     m = _WRN.match(arch)
     if m:
         return WideResNet(int(m.group(1)), int(m.group(2)), num_classes)
+    m = _CIFAR_MOBILENET_V2.match(arch)
+    if m:
+        return CifarMobileNetV2(num_classes, width=float(f"{m.group(1)}.{m.group(2)}"))
+    if arch == "cifar_shufflenet_v1":
+        return CifarShuffleNetV1(num_classes)
+    m = _CIFAR_SHUFFLENET_V2.match(arch)
+    if m and m.group(1) in SHUFFLENET_V2_WIDTHS:
+        return CifarShuffleNetV2(num_classes, width=m.group(1))
+    m = _PYRAMIDNET.match(arch)
+    if m:
+        return PyramidNet(int(m.group(1)), int(m.group(2)), num_classes, bottleneck=bool(m.group(3)))
     if arch.startswith(TIMM_PREFIX):
         return _timm_model(arch[len(TIMM_PREFIX):], num_classes)
     raise ValueError(f"unknown architecture {arch!r}; valid: {', '.join(ARCH_NAMES)}")
@@ -83,15 +114,17 @@ def stage_specs(model: nn.Module) -> Optional[List[StageSpec]]:
 
 
 def default_teacher(arch: str) -> Optional[str]:
-    """The original's teacher for an ImageNet student (resnet50, or resnet152 for resnet50); a 4x wider
-    teacher of the same family for the small-input models; None when there is no sensible default."""
+    """The original's teacher for an ImageNet student (resnet50, or resnet152 for resnet50); the CIFAR
+    tables' teacher for their students (CRD's resnet32x4 for resnet8x4 and the ShuffleNets, OFD's
+    PyramidNet-200 for PyramidNet-110); a 4x wider teacher of the same family for the other small-input
+    ResNets and WRNs; None when there is no sensible default."""
     arch = _canonical(arch)
     if arch.startswith("shufflenet_v2"):
         return "resnet50"
     if arch in _DEFAULT_TEACHERS:
         return _DEFAULT_TEACHERS[arch]
     m = _CIFAR_RESNET.match(arch)
-    if m:
+    if m and not m.group(3):
         return f"cifar_resnet{m.group(1)}_w{int(m.group(2) or 16) * 4}"
     m = _WRN.match(arch)
     if m:

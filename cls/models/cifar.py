@@ -1,7 +1,11 @@
 """Small-input (28-32 px) networks from the CIFAR distillation tables, built from torchvision blocks.
 
 * ``CifarResNet``: He et al.'s CIFAR ResNet (depth 6n+2, three stages of BasicBlocks, widths w-2w-4w),
-  with 1x1-conv projection shortcuts so torchvision's BasicBlock is used as is.
+  with 1x1-conv projection shortcuts so torchvision's BasicBlock is used as is. ResNet-20/32/56/110 are
+  ``width=16``; CRD's (Tian et al., ICLR 2020; HobbitLong/RepDistiller ``models/resnet.py``) resnet8x4 and
+  resnet32x4 have a 32-channel stem and stages 64-128-256 (``width=64, stem_width=32``). Parameter names
+  and shapes are those of RepDistiller's CIFAR ResNets (conv1, bn1, layer1-3 of conv1/bn1/conv2/bn2/downsample
+  blocks, fc), so its state dicts load.
 * ``WideResNet``: Zagoruyko & Komodakis' pre-activation WRN-d-k (three stages, widths 16k-32k-64k).
 
 Each class documents its distillation positions in ``stage_specs()`` (pre-ReLU tensors, the BN that
@@ -9,7 +13,7 @@ produces them), so the library captures them with hooks; the forwards are ordina
 """
 from __future__ import annotations
 
-from typing import List
+from typing import List, Optional
 
 import torch
 from torch import nn
@@ -23,17 +27,20 @@ __all__ = ["CifarResNet", "WideResNet"]
 
 
 class CifarResNet(nn.Module):
-    """ResNet-(6n+2) for small inputs; ``width`` is the first stage's channel count (16 in the paper)."""
+    """ResNet-(6n+2) for small inputs; ``width`` is the first stage's channel count (16 in the paper),
+    ``stem_width`` the first convolution's (default: ``width``; 32 in CRD's x4 models)."""
 
-    def __init__(self, depth: int = 20, width: int = 16, num_classes: int = 10) -> None:
+    def __init__(self, depth: int = 20, width: int = 16, num_classes: int = 10, stem_width: Optional[int] = None
+                 ) -> None:
         super().__init__()
         if (depth - 2) % 6:
             raise ValueError(f"CIFAR ResNet depth must be 6n+2 (20, 32, 44, 56, 110), got {depth}")
         n = (depth - 2) // 6
-        self.conv1 = nn.Conv2d(3, width, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(width)
+        stem_width = stem_width or width
+        self.conv1 = nn.Conv2d(3, stem_width, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(stem_width)
         self.relu = nn.ReLU(inplace=True)
-        self.inplanes = width
+        self.inplanes = stem_width
         self.layer1 = self._stage(width, n, 1)
         self.layer2 = self._stage(width * 2, n, 2)
         self.layer3 = self._stage(width * 4, n, 2)

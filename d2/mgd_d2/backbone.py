@@ -1,4 +1,5 @@
-"""A ResNet-FPN backbone whose residual blocks expose their pre-ReLU output to hooks.
+"""ResNet-FPN backbones (RetinaNet's P3-P7, Faster R-CNN's P2-P6) whose residual blocks expose their pre-ReLU
+output to hooks, with the original's ENABLE_STAGE_LAST_NORM (:mod:`mgd_d2.stage_norm`).
 
 Detectron2's BasicBlock and BottleneckBlock end with a functional ``F.relu_``, so the residual sum (the
 pre-ReLU stage feature MGD distils) is invisible to hooks and overwritten in place. The subclasses here
@@ -13,10 +14,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from detectron2.modeling import BACKBONE_REGISTRY
-from detectron2.modeling.backbone.fpn import build_retinanet_resnet_fpn_backbone
+from detectron2.modeling.backbone.fpn import build_resnet_fpn_backbone, build_retinanet_resnet_fpn_backbone
 from detectron2.modeling.backbone.resnet import BasicBlock, BottleneckBlock
 
 from mgd.features import StageSpec
+
+from .stage_norm import enable_stage_last_norm
 
 
 class PreReLUBasicBlock(BasicBlock):
@@ -48,12 +51,23 @@ def _expose_pre_relu(resnet: nn.Module) -> None:
             block.add_module("out_relu", nn.ReLU(inplace=False))
 
 
+def _prepare(backbone: nn.Module, cfg) -> nn.Module:
+    _expose_pre_relu(backbone.bottom_up)
+    if cfg.MODEL.RESNETS.get("ENABLE_STAGE_LAST_NORM", False):
+        enable_stage_last_norm(backbone.bottom_up, cfg.MODEL.RESNETS.get("STAGE_LAST_NORM", "GN"))
+    return backbone
+
+
 @BACKBONE_REGISTRY.register()
 def build_retinanet_resnet_prerelu_fpn_backbone(cfg, input_shape):
     """Detectron2's RetinaNet ResNet-FPN backbone (P3-P7), with pre-ReLU-capturable residual blocks."""
-    backbone = build_retinanet_resnet_fpn_backbone(cfg, input_shape)
-    _expose_pre_relu(backbone.bottom_up)
-    return backbone
+    return _prepare(build_retinanet_resnet_fpn_backbone(cfg, input_shape), cfg)
+
+
+@BACKBONE_REGISTRY.register()
+def build_resnet_prerelu_fpn_backbone(cfg, input_shape):
+    """Detectron2's Faster R-CNN ResNet-FPN backbone (P2-P6), with pre-ReLU-capturable residual blocks."""
+    return _prepare(build_resnet_fpn_backbone(cfg, input_shape), cfg)
 
 
 def resnet_stage_specs(resnet: nn.Module) -> List[StageSpec]:
@@ -64,8 +78,8 @@ def resnet_stage_specs(resnet: nn.Module) -> List[StageSpec]:
         last = len(stage) - 1
         conv = "conv3" if isinstance(stage[last], BottleneckBlock) else "conv2"
         if not hasattr(stage[last], "out_relu"):
-            raise TypeError("the backbone's blocks do not expose their pre-ReLU output; use "
-                            "MODEL.BACKBONE.NAME build_retinanet_resnet_prerelu_fpn_backbone")
+            raise TypeError("the backbone's blocks do not expose their pre-ReLU output; use MODEL.BACKBONE.NAME "
+                            "build_retinanet_resnet_prerelu_fpn_backbone or build_resnet_prerelu_fpn_backbone")
         specs.append(StageSpec(f"{name}.{last}.out_relu", capture="input", bn=f"{name}.{last}.{conv}.norm",
                                channels=getattr(stage[last], conv).out_channels))
     return specs

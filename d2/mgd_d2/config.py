@@ -6,10 +6,27 @@ import os
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
+#: Methods on the backbones' pre-ReLU C2-C5 features (both meta-architectures), through mgd.build_distiller.
+FEATURE_METHODS = ("mgd", "ofd")
+#: Methods on the box head's class logits of the sampled proposals (Faster R-CNN only).
+LOGIT_METHODS = ("kd", "dkd")
+
 
 def add_mgd_config(cfg: CN) -> None:
     """Add the MGD keys (with the original's defaults) to ``cfg``; call before merging a YAML file."""
+    # The original's ENABLE_STAGE_LAST_NORM (its d2 config: True for the student, False for the teacher):
+    # the norm layers of the last block of each trainable stage res2-res5 become trainable STAGE_LAST_NORM
+    # layers ("GN": GroupNorm(32), "SyncBN": detectron2's NaiveSyncBatchNorm) instead of MODEL.RESNETS.NORM
+    # (FrozenBN by default). An architecture key: the student's configs set it, and a checkpoint of such a
+    # student loads only into a model built with it. Applied by the pre-ReLU backbones of mgd_d2.backbone.
+    cfg.MODEL.RESNETS.ENABLE_STAGE_LAST_NORM = False
+    cfg.MODEL.RESNETS.STAGE_LAST_NORM = "GN"
     cfg.MGD = CN()
+    # The method: "mgd" (matching + reducer, Yue et al. 2020), "ofd" (1x1 conv + BN connectors and OFD's
+    # margins, Heo et al. 2019), both on the backbones' pre-ReLU C2-C5; with a Faster R-CNN also "kd"
+    # (Hinton et al. 2015) and "dkd" (Zhao et al. 2022) on the box head's class logits of the student's
+    # sampled proposals, the teacher's box head run on those same proposals (as mdistiller's detection code).
+    cfg.MGD.DISTILLER = "mgd"
     # Channel reducer: "amp" (absolute max pooling), "sp" (max pooling), "rd" (random drop), "sm" (sparse).
     cfg.MGD.REDUCER = "amp"
     # Distilled positions are the backbone's pre-ReLU C2, C3, C4, C5 (indices 0-3); list the ones to skip.
@@ -25,12 +42,32 @@ def add_mgd_config(cfg: CN) -> None:
     # Batches (per process) tracked by each matching update, from a separate training-data stream.
     cfg.MGD.UPDATE_ITER = 1000
     # Divisors of the C2-C5 distillation losses (the original's RetinaNet factors); the summed loss is then
-    # divided by SOLVER.IMS_PER_BATCH. Pick them so each level's loss starts around 0.0x.
+    # divided by SOLVER.IMS_PER_BATCH. Pick them so each level's loss starts around 0.0x. Used by "ofd" too.
     cfg.MGD.LOSS_FACTORS = [5e7, 5e7, 5e6, 5e6]
+    # "" : the LOSS_FACTORS above are the divisors. "auto": one more, global divisor is measured at the first
+    # matching (before the first step for "ofd") so that loss_distill starts at LOSS_RATIO times the sum of the
+    # detector's losses; the LOSS_FACTORS then only set the levels' relative weights (the original's balance).
+    # Kept in checkpoints. Feature methods only: "kd" / "dkd" have their own weights below.
+    cfg.MGD.LOSS_FACTOR = ""
+    cfg.MGD.LOSS_RATIO = 2.0
+    # Images (over all processes) of that measurement, read from the matching's own data stream.
+    cfg.MGD.CALIBRATION_IMAGES = 64
     # Assignment solver: "ortools" or "scipy" (both exact).
     cfg.MGD.SOLVER = "ortools"
+    # "kd": loss_kd = WEIGHT * T^2 KL(softmax(t/T) || softmax(s/T)) over the sampled proposals; the detector's
+    # losses keep weight 1 (as mdistiller's detection code keeps them for its logit methods).
+    cfg.MGD.KD = CN()
+    cfg.MGD.KD.TEMPERATURE = 1.0
+    cfg.MGD.KD.WEIGHT = 1.0
+    # "dkd": loss_dkd = mgd.losses.dkd.dkd_loss(..., ALPHA, BETA, TEMPERATURE); mdistiller's detection
+    # defaults (configs/DKD: alpha 1, beta 0.25, T 1), not its CIFAR ones.
+    cfg.MGD.DKD = CN()
+    cfg.MGD.DKD.ALPHA = 1.0
+    cfg.MGD.DKD.BETA = 0.25
+    cfg.MGD.DKD.TEMPERATURE = 1.0
     cfg.MGD.TEACHER = CN()
-    # The teacher's Detectron2 config (a RetinaNet); a relative path is taken from the student config's folder.
+    # The teacher's Detectron2 config (the student's detector: a RetinaNet, or a GeneralizedRCNN for the
+    # Faster R-CNN meta-architecture); a relative path is taken from the student config's folder.
     cfg.MGD.TEACHER.CONFIG_FILE = ""
     # Teacher weights to load at construction; leave empty when MODEL.WEIGHTS holds them (see merge_weights.py).
     cfg.MGD.TEACHER.WEIGHTS = ""
@@ -40,11 +77,29 @@ def add_mgd_config(cfg: CN) -> None:
     cfg.MGD.CONFIG_DIR = ""
 
 
-def teacher_config(cfg: CN) -> CN:
-    """The teacher's config: its own file, with the student's device, classes and input format."""
+def check_method(cfg: CN, logit_methods=LOGIT_METHODS) -> str:
+    """MGD.DISTILLER, checked: ValueError naming the valid ones (``logit_methods``: those the detector has)."""
+    name = cfg.MGD.DISTILLER
+    valid = FEATURE_METHODS + tuple(logit_methods)
+    if name not in valid:
+        more = "" if set(LOGIT_METHODS) <= set(valid) else f" ({', '.join(LOGIT_METHODS)} need a Faster R-CNN)"
+        raise ValueError(f"MGD.DISTILLER {name!r} is not valid for {cfg.MODEL.META_ARCHITECTURE}; valid: "
+                         f"{', '.join(valid)}{more}")
+    if name in LOGIT_METHODS and cfg.MGD.LOSS_FACTOR:
+        raise ValueError(f"MGD.LOSS_FACTOR {cfg.MGD.LOSS_FACTOR!r} calibrates the feature methods "
+                         f"({', '.join(FEATURE_METHODS)}); {name} is weighted by MGD.{name.upper()}.*: leave it empty")
+    if cfg.MGD.LOSS_FACTOR not in ("", "auto"):
+        raise ValueError(f"MGD.LOSS_FACTOR must be '' (the LOSS_FACTORS as given) or 'auto', "
+                         f"got {cfg.MGD.LOSS_FACTOR!r}")
+    return name
+
+
+def teacher_config(cfg: CN, architecture: str) -> CN:
+    """The teacher's config: its own file, with the student's device, classes and input format; ValueError
+    unless its META_ARCHITECTURE is ``architecture`` (the student's detector)."""
     path = cfg.MGD.TEACHER.CONFIG_FILE
     if not path:
-        raise ValueError("MGD.TEACHER.CONFIG_FILE is empty: name the teacher's RetinaNet config")
+        raise ValueError(f"MGD.TEACHER.CONFIG_FILE is empty: name the teacher's {architecture} config")
     if not os.path.isabs(path) and cfg.MGD.CONFIG_DIR and not os.path.isfile(path):
         path = os.path.join(cfg.MGD.CONFIG_DIR, path)
     if not os.path.isfile(path):
@@ -54,10 +109,12 @@ def teacher_config(cfg: CN) -> CN:
     t_cfg.merge_from_file(path)
     t_cfg.MODEL.DEVICE = cfg.MODEL.DEVICE
     t_cfg.MODEL.RETINANET.NUM_CLASSES = cfg.MODEL.RETINANET.NUM_CLASSES
+    t_cfg.MODEL.ROI_HEADS.NUM_CLASSES = cfg.MODEL.ROI_HEADS.NUM_CLASSES
     t_cfg.INPUT.FORMAT = cfg.INPUT.FORMAT
     t_cfg.MODEL.WEIGHTS = ""
     if cfg.MGD.TEACHER.OPTS:
         t_cfg.merge_from_list(list(cfg.MGD.TEACHER.OPTS))
-    if t_cfg.MODEL.META_ARCHITECTURE != "RetinaNet":
-        raise ValueError(f"the teacher must be a RetinaNet, its config says {t_cfg.MODEL.META_ARCHITECTURE}")
+    if t_cfg.MODEL.META_ARCHITECTURE != architecture:
+        raise ValueError(f"the teacher must be a {architecture} like the student, its config {path} says "
+                         f"{t_cfg.MODEL.META_ARCHITECTURE}")
     return t_cfg

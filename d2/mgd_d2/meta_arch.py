@@ -1,74 +1,100 @@
-"""MGDRetinaNet: a frozen teacher RetinaNet distilling a trainable student RetinaNet through MGD."""
+"""Distillation meta-architectures: a frozen teacher detector teaching a trainable student of the same kind.
+
+:class:`DistillDetector` holds what every detector shares (building and freezing the teacher, the feature
+distillers of :mod:`mgd_d2.feature_distill` on the bottom-up C2-C5, the matching's tracking pass, the
+loss-factor calibration, inference by the student alone, ``student.*`` checkpoint keys for export);
+:class:`DistillRetinaNet` and :class:`DistillGeneralizedRCNN` only name their detector, and the latter adds
+the logit methods on its box head (:mod:`mgd_d2.logit_distill`).
+"""
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import torch
 from torch import nn
 
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.layers import NaiveSyncBatchNorm
 from detectron2.modeling import META_ARCH_REGISTRY
+from detectron2.modeling.meta_arch.rcnn import GeneralizedRCNN
 from detectron2.modeling.meta_arch.retinanet import RetinaNet
 
-import mgd
-
-from .backbone import resnet_stage_specs
-from .config import teacher_config
-
+from .config import FEATURE_METHODS, check_method, teacher_config
+from .feature_distill import build_feature_distiller, feature_loss
+from .logit_distill import box_logit_loss, capture_outputs, teacher_box_logits
 
 
-@META_ARCH_REGISTRY.register()
-class MGDRetinaNet(nn.Module):
-    """Training: the student's RetinaNet losses plus ``loss_distill`` (MGD on the backbones' pre-ReLU
-    C2-C5); inference: the student alone. Checkpoint keys: ``student.*`` (a plain RetinaNet under that
-    prefix), ``teacher.*``, ``distiller.*`` (matching, margins, student-side norm layers)."""
+class DistillDetector(nn.Module):
+    """Training: the student's own losses plus the method's term (``loss_distill`` for the feature methods);
+    inference: the student alone. Checkpoint keys: ``student.*`` (a plain detector under that prefix),
+    ``teacher.*``, ``distiller.*`` (matching, margins, student-side norms or OFD's connectors).
+
+    Subclasses set ``detector`` (the Detectron2 meta-architecture class of both networks) and may support
+    ``logit_methods`` by implementing :meth:`logit_losses`."""
+
+    detector: type = nn.Module
+    logit_methods: Tuple[str, ...] = ()
 
     def __init__(self, cfg):
         super().__init__()
+        self.method = check_method(cfg, self.logit_methods)
         student_cfg = cfg.clone()
         student_cfg.defrost()
-        student_cfg.MODEL.META_ARCHITECTURE = "RetinaNet"
-        self.student = RetinaNet(student_cfg)
-        self.teacher = RetinaNet(teacher_config(cfg))
+        student_cfg.MODEL.META_ARCHITECTURE = self.detector.__name__
+        self.student = self.detector(student_cfg)
+        self.teacher = self.detector(teacher_config(cfg, self.detector.__name__))
         self.teacher.requires_grad_(False)
         if cfg.MGD.TEACHER.WEIGHTS:
             DetectionCheckpointer(self.teacher).load(cfg.MGD.TEACHER.WEIGHTS)
         self.ims_per_batch = cfg.SOLVER.IMS_PER_BATCH
-        factors = list(cfg.MGD.LOSS_FACTORS)
-        if len(factors) != 4:
-            raise ValueError(f"MGD.LOSS_FACTORS needs 4 values (C2-C5), got {factors}")
-        self.distiller = mgd.MGDistiller(
-            self.teacher.backbone.bottom_up, self.student.backbone.bottom_up,
-            ignore_inds=list(cfg.MGD.IGNORE_INDS), reducer=cfg.MGD.REDUCER, sync_bn=cfg.MGD.SYNC_BN,
-            preReLU=cfg.MGD.PRERELU, det=True,
-            teacher_layers=resnet_stage_specs(self.teacher.backbone.bottom_up),
-            student_layers=resnet_stage_specs(self.student.backbone.bottom_up),
-            stage_weights=[0.0 if f == 0 else 1.0 / f for f in factors], solver=cfg.MGD.SOLVER,
-            student_norm=NaiveSyncBatchNorm if cfg.MGD.SYNC_BN else None, own_networks=False)
+        if self.method in FEATURE_METHODS:
+            self.distiller = build_feature_distiller(cfg, self.teacher.backbone.bottom_up,
+                                                     self.student.backbone.bottom_up)
+        else:
+            self.distiller = None
+            self.logit_loss = box_logit_loss(cfg)
         self.to(torch.device(cfg.MODEL.DEVICE))
 
     @property
     def device(self) -> torch.device:
         return self.student.device
 
-    def train(self, mode: bool = True) -> "MGDRetinaNet":
+    def train(self, mode: bool = True) -> "DistillDetector":
         super().train(mode)
         self.teacher.train(False)  # frozen BN statistics, no dropout: the teacher is a fixed target
         return self
+
+    def forward(self, batched_inputs: List[Dict]):
+        if not self.training:
+            return self.student(batched_inputs)
+        if self.distiller is None:
+            return self.logit_losses(batched_inputs)
+        t_feats = self._teacher_backbone_features(batched_inputs)
+        # the student runs once: its detection losses and its C2-C5 come out of the same forward
+        s_feats, losses = self.distiller.student_features(lambda: self.student(batched_inputs))
+        losses["loss_distill"] = feature_loss(self.distiller, s_feats, t_feats, self.ims_per_batch)
+        return losses
+
+    def logit_losses(self, batched_inputs: List[Dict]) -> Dict[str, torch.Tensor]:
+        raise NotImplementedError(f"{type(self).__name__} has no logit method")
 
     def _teacher_backbone_features(self, batched_inputs: List[Dict]) -> List[torch.Tensor]:
         images = self.teacher.preprocess_image(batched_inputs)
         feats, _ = self.distiller.teacher_features(lambda: self.teacher.backbone.bottom_up(images.tensor))
         return feats
 
-    def forward(self, batched_inputs: List[Dict]):
-        if not self.training:
-            return self.student(batched_inputs)
-        t_feats = self._teacher_backbone_features(batched_inputs)
-        s_feats, losses = self.distiller.student_features(lambda: self.student(batched_inputs))
-        losses["loss_distill"] = self.distiller.distill_loss(s_feats, t_feats) / self.ims_per_batch
-        return losses
+    @torch.no_grad()
+    def calibration_losses(self, batched_inputs: List[Dict]) -> Tuple[float, float, int]:
+        """One training-mode forward without gradients for :func:`mgd.calibrate_loss_factor`: (loss_distill,
+        the sum of the detector's own losses, images); the student's state is left as it was (RetinaNet moves
+        its loss normaliser, a running mean of the positive anchors, at every training forward)."""
+        normalizer = getattr(self.student, "loss_normalizer", None)
+        try:
+            losses = self.forward(batched_inputs)
+        finally:
+            if normalizer is not None:
+                self.student.loss_normalizer = normalizer
+        distill = float(losses.pop("loss_distill"))
+        return distill, float(sum(losses.values())), len(batched_inputs)
 
     @torch.no_grad()
     def track_batch(self, batched_inputs: List[Dict]) -> int:
@@ -78,3 +104,38 @@ class MGDRetinaNet(nn.Module):
         s_feats, _ = self.distiller.student_features(lambda: self.student.backbone.bottom_up(images.tensor))
         self.distiller.track_running_stats(t_feats, s_feats)
         return len(batched_inputs)
+
+
+@META_ARCH_REGISTRY.register()
+class DistillRetinaNet(DistillDetector):
+    """A RetinaNet student distilled from a RetinaNet teacher (feature methods)."""
+
+    detector = RetinaNet
+
+
+@META_ARCH_REGISTRY.register()
+class MGDRetinaNet(DistillRetinaNet):
+    """The first release's name of :class:`DistillRetinaNet`, kept for its configs and checkpoints."""
+
+
+@META_ARCH_REGISTRY.register()
+class DistillGeneralizedRCNN(DistillDetector):
+    """A Faster R-CNN (Detectron2's GeneralizedRCNN, StandardROIHeads) student distilled from a Faster R-CNN
+    teacher: the feature methods, or KD / DKD on the box head's class logits."""
+
+    detector = GeneralizedRCNN
+    logit_methods = ("kd", "dkd")
+
+    def logit_losses(self, batched_inputs: List[Dict]) -> Dict[str, torch.Tensor]:
+        """The student's losses plus ``loss_kd`` / ``loss_dkd``: the student's class logits of the proposals
+        its ROI heads sampled (captured from its own forward) against the teacher's box head on them."""
+        heads = self.student.roi_heads
+        with capture_outputs({"sampled": heads, "predictions": heads.box_predictor}) as out:
+            losses = self.student(batched_inputs)
+        proposals = out["sampled"][0]  # StandardROIHeads returns (sampled proposals, losses) in training
+        with torch.no_grad():
+            images = self.teacher.preprocess_image(batched_inputs)
+            t_logits = teacher_box_logits(self.teacher.roi_heads, self.teacher.backbone(images.tensor), proposals)
+        gt_classes = torch.cat([p.gt_classes for p in proposals])
+        losses[f"loss_{self.method}"] = self.logit_loss(out["predictions"][0], t_logits, gt_classes)
+        return losses

@@ -8,8 +8,8 @@ the library stays free of argparse, printing and ``sys.exit``.
 from .args import ArgumentParser, add_launch_arguments, add_precision_arguments, add_run_arguments
 from .checkpoints import (load_checkpoint, plain_args, read_weights, restore_training_state, resume_from,
                           save_checkpoints)
-from .data import (SkipUnreadable, UnreadableImage, epoch_loader, eval_loader, image_folder, prepare_loader,
-                   read_rgb_image, shard)
+from .data import (SkipUnreadable, UnreadableImage, WithIndices, epoch_loader, eval_loader, image_folder,
+                   prepare_loader, read_rgb_image, shard)
 from .errors import UserError
 from .launch import launch, run_cli, seed_everything, setup_logging, setup_process, worker_guard
 from .logs import Meter, RunLog
@@ -22,6 +22,6 @@ __all__ = ["UserError", "launch", "run_cli", "worker_guard", "setup_process", "s
            "RunLog", "Meter", "check_output_dir", "start_output_dir", "Diverged", "refuse_non_finite",
            "last_good_checkpoint", "save_checkpoints", "load_checkpoint", "read_weights", "plain_args", "shard",
            "epoch_loader", "eval_loader", "prepare_loader", "read_rgb_image", "image_folder", "UnreadableImage",
-           "SkipUnreadable",
+           "SkipUnreadable", "WithIndices",
            "train_one_epoch", "prepare_if_due", "wrap_for_training", "ReplicaStep", "mean_terms",
            "restore_training_state", "resume_from"]

@@ -67,7 +67,7 @@ def add_precision_arguments(p: argparse.ArgumentParser) -> None:
 _FLAG_PREFIXES = {"nd": ("nd", "kd"), "sm": ("mgd",)}
 #: Options several methods share, read from the flag of the same name (``--loss-factor``, ``--sync-bn``) or
 #: set by the launcher (``distributed``).
-_SHARED_OPTIONS = ("loss_factor", "loss_ratio", "sync_bn", "distributed")
+_SHARED_OPTIONS = ("loss_factor", "loss_ratio", "sync_bn", "distributed", "nd_weight")
 
 
 def distiller_options_from_args(name: str, args: argparse.Namespace, **given) -> dict:

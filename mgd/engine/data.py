@@ -23,7 +23,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from .errors import UserError
 
-__all__ = ["shard", "epoch_order", "epoch_loader", "eval_loader", "prepare_loader", "SeededSamples",
+__all__ = ["shard", "epoch_order", "epoch_loader", "eval_loader", "prepare_loader", "SeededSamples", "WithIndices",
            "UnreadableImage", "read_rgb_image", "image_folder", "SkipUnreadable"]
 
 logger = logging.getLogger("mgd.engine")
@@ -111,6 +111,20 @@ class SeededSamples(Dataset):
             finally:
                 random.setstate(state)
                 np.random.set_state(np_state)
+
+
+class WithIndices(Dataset):
+    """``dataset`` whose samples carry their index: ``(image, target, index)``. For the methods that keep a
+    per-sample memory (CRD); the others read the plain dataset, so the index costs them nothing."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        return (*self.dataset[index], index)
 
 
 def _loader(dataset: Dataset, batch_size: int, workers: int, pin_memory: bool, **kwargs) -> DataLoader:

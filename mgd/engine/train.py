@@ -62,8 +62,10 @@ def mean_terms(losses: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
 
 def prepare_if_due(distiller: Distiller, epoch: int, make_loader: Callable[[int], Iterable], log: RunLog
                    ) -> Dict[str, Any]:
-    """Run ``distiller.prepare`` before ``epoch`` when the method asks for it, check that every process
-    holds the same result, and log it. Returns what to add to the epoch's record ({} when nothing ran)."""
+    """Announce ``epoch`` to the distiller (``set_epoch``: warm-ups), run ``distiller.prepare`` before it when
+    the method asks for it, check that every process holds the same result, and log it. Returns what to add
+    to the epoch's record ({} when nothing ran)."""
+    distiller.set_epoch(epoch)
     if not distiller.prepare_due(epoch):
         return {}
     start = time.time()
@@ -138,6 +140,9 @@ def wrap_for_training(module: nn.Module, device: torch.device, distributed: bool
     DataParallel replica."""
     use_dp = data_parallel and device.type == "cuda" and torch.cuda.device_count() > 1 and gpu is None
     if not distributed and use_dp:
+        if not getattr(module, "replica_safe", True):
+            raise UserError(f"{type(module).__name__} cannot train in DataParallel replicas (its memory moves in "
+                            "the training forward); use DDP (--multiprocessing-distributed) or one GPU (--gpu 0)")
         return nn.DataParallel(ReplicaStep(module, precision))
     if isinstance(module, Distiller):
         module = TrainableDistiller(module)

@@ -1,7 +1,12 @@
 """Output- and feature-level distillation losses, one paper per module (MGD's own loss is in mgd.margin)."""
 from .at import attention_map, at_loss
+from .crd import nce_loss
+from .dist import dist_loss
+from .dkd import dkd_loss
+from .hcl import hcl_loss
 from .kd import kd_loss
 from .nd import nd_loss
 from .sp import sp_loss
 
-__all__ = ["kd_loss", "at_loss", "attention_map", "sp_loss", "nd_loss"]
+__all__ = ["kd_loss", "at_loss", "attention_map", "sp_loss", "nd_loss", "dkd_loss", "dist_loss", "hcl_loss",
+           "nce_loss"]

@@ -1,4 +1,5 @@
 """End-to-end runs of cls/main_base.py and cls/main_mgd.py on a tiny generated ImageFolder."""
+import argparse
 import math
 import os
 
@@ -67,6 +68,27 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(image_folder, teacher_
     assert [r["top1"] for r in records(full) if "epoch" in r] == [r["top1"] for r in records(part) if "epoch" in r]
 
 
+@pytest.mark.parametrize("method", [["--distiller", "dkd", "--dkd-warmup-epochs", 3],
+                                    ["--distiller", "crd", "--crd-num-negatives", 8]])
+def test_warmup_and_crd_memory_resume_exactly(method, image_folder, teacher_weights, tmp_path):
+    """DKD's warm-up (the epoch is announced again after a resume) and CRD's memory bank, its normalising
+    constants and its negatives (seeded per epoch) continue as if never interrupted."""
+    full, part = tmp_path / "full", tmp_path / "part"
+    run("main_mgd.py", *mgd_args(image_folder, full, teacher_weights, epochs=2), *method)
+    run("main_mgd.py", *mgd_args(image_folder, part, teacher_weights, epochs=1), *method)
+    run("main_mgd.py", *mgd_args(image_folder, part, teacher_weights, epochs=2), *method, "--resume", part / "last.pth")
+    a = torch.load(full / "last.pth", weights_only=True)
+    b = torch.load(part / "last.pth", weights_only=True)
+    for key in ("student", "distiller"):
+        for name, value in a[key].items():
+            assert torch.equal(value, b[key][name]), f"{key}.{name} differs after resume"
+    if "crd" in method:
+        assert torch.isfinite(a["distiller"]["log_z"]).all() and a["distiller"]["memory_s"].shape == (48, 128)
+    train = [r for r in records(full) if "epoch" in r]
+    if "dkd" in method:  # ramped in over 3 epochs: 1/3 then 2/3 of the term
+        assert train[1]["train_dkd"] > train[0]["train_dkd"] > 0
+
+
 def test_evaluate_reports_teacher_and_student(image_folder, teacher_weights, tmp_path):
     proc = run("main_mgd.py", *mgd_args(image_folder, tmp_path / "ev", teacher_weights), "--evaluate")
     lines = [line for line in proc.stdout.splitlines() if "top-1" in line]
@@ -115,17 +137,23 @@ def test_linear_evaluation_of_a_pretrained_backbone(image_folder, tmp_path):
     assert trained["fc.weight"].abs().sum() > 0 and len([r for r in records(out) if "epoch" in r]) == 1
 
 
+#: flags a method needs on the tiny set (48 training images: CRD draws fewer negatives than that)
+METHOD_FLAGS = {"crd": ["--crd-num-negatives", 8], "kd++": ["--nd-weight", 1], "dkd++": ["--nd-weight", 1]}
+
+
 @pytest.mark.parametrize("method,part", [("ofd", "train_ofd"), ("kd", "train_kd"), ("at", "train_at"),
-                                         ("sp", "train_sp"), ("nd", "train_nd")])
+                                         ("sp", "train_sp"), ("nd", "train_nd"), ("dkd", "train_dkd"),
+                                         ("dist", "train_dist"), ("reviewkd", "train_reviewkd"),
+                                         ("crd", "train_crd"), ("kd++", "train_nd"), ("dkd++", "train_nd")])
 def test_every_distiller_trains_one_epoch_and_resumes(method, part, image_folder, teacher_weights, tmp_path):
     out = tmp_path / method
-    run("main_mgd.py", *mgd_args(image_folder, out, teacher_weights), "--distiller", method)
+    flags = ["--distiller", method.rstrip("+"), *METHOD_FLAGS.get(method, [])]
+    run("main_mgd.py", *mgd_args(image_folder, out, teacher_weights), *flags)
     first = [r for r in records(out) if "epoch" in r]
     assert len(first) == 1 and first[0][part] > 0 and first[0]["train_ce"] > 0
     ckpt = torch.load(out / "last.pth", weights_only=True)
-    assert ckpt["method"] == method
-    run("main_mgd.py", *mgd_args(image_folder, out, teacher_weights, epochs=2), "--distiller", method,
-        "--resume", out / "last.pth")
+    assert ckpt["method"] == method.rstrip("+")
+    run("main_mgd.py", *mgd_args(image_folder, out, teacher_weights, epochs=2), *flags, "--resume", out / "last.pth")
     assert [r["epoch"] for r in records(out) if "epoch" in r] == [0, 1]
     assert not [r for r in records(out) if r.get("event") == "matching"]  # only MGD matches channels
     wrong = run("main_mgd.py", *mgd_args(image_folder, out, teacher_weights, epochs=3), "--resume",
@@ -199,3 +227,16 @@ def test_loss_factor_auto_is_measured_once_logged_and_kept_by_a_resume(image_fol
                "--loss-ratio", 0.5, "--resume", out / "last.pth")
     assert "loss factor calibrated" not in proc.stdout  # the checkpoint's factor, not a new one
     assert float(torch.load(out / "last.pth", weights_only=True)["distiller"]["calibrated_loss_factor"]) == factor
+
+
+def test_the_same_seed_starts_every_method_from_the_same_student(image_folder, teacher_weights, tmp_path):
+    """Paired comparisons need it: main_mgd.py builds the teacher before the student, main_base.py does not."""
+    from cls.trainer import build_student, build_teacher
+    args = argparse.Namespace(arch=STUDENT, teacher_arch=TEACHER, teacher_resume=str(teacher_weights), seed=3,
+                              student_resume="", use_pretrained=False)
+    alone = build_student(args, 3).state_dict()
+    build_teacher(args, 3)
+    after_teacher = build_student(args, 3).state_dict()
+    assert all(torch.equal(alone[k], after_teacher[k]) for k in alone)
+    args.seed = 4
+    assert not torch.equal(build_student(args, 3).state_dict()["conv1.weight"], alone["conv1.weight"])

@@ -2,78 +2,21 @@
 import json
 import math
 import os
+import shutil
 import sys
 
 import pytest
 import torch
-from PIL import Image
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.join(ROOT, "d2"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from detectron2.config import get_cfg  # noqa: E402
-from detectron2.data import DatasetCatalog, build_detection_train_loader  # noqa: E402
-from detectron2.data.datasets import register_coco_instances  # noqa: E402
+from detectron2.data import build_detection_train_loader  # noqa: E402
 from detectron2.modeling.meta_arch.retinanet import RetinaNet  # noqa: E402
 from detectron2.utils.env import seed_all_rng  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
 
 import train_net  # noqa: E402
-from mgd_d2 import add_mgd_config  # noqa: E402
-
-CONFIG = os.path.join(ROOT, "d2", "configs", "mgd_retinanet_R50_R18_FPN_1x.yaml")
-
-
-def _make_coco(root, name, count, seed):
-    gen = torch.Generator().manual_seed(seed)
-    images, annotations = [], []
-    os.makedirs(root / name, exist_ok=True)
-    for i in range(count):
-        pixels = torch.randint(0, 60, (96, 128, 3), generator=gen, dtype=torch.uint8)
-        for j in range(2):
-            x, y = int(torch.randint(0, 80, (1,), generator=gen)), int(torch.randint(0, 50, (1,), generator=gen))
-            w, h = 24 + 8 * j, 30 - 6 * j
-            pixels[y:y + h, x:x + w] = torch.tensor([220, 40, 40] if j == 0 else [40, 220, 40], dtype=torch.uint8)
-            annotations.append({"id": len(annotations) + 1, "image_id": i + 1, "category_id": j + 1,
-                                "bbox": [x, y, w, h], "area": w * h, "iscrowd": 0})
-        Image.fromarray(pixels.numpy()).save(root / name / f"{i}.png")
-        images.append({"id": i + 1, "file_name": f"{i}.png", "height": 96, "width": 128})
-    path = root / f"{name}.json"
-    path.write_text(json.dumps({"images": images, "annotations": annotations,
-                                "categories": [{"id": 1, "name": "red"}, {"id": 2, "name": "green"}]}))
-    if name in DatasetCatalog.list():
-        DatasetCatalog.remove(name)
-    register_coco_instances(name, {}, str(path), str(root / name))
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("coco")
-    _make_coco(root, "mgd_toy_train", 6, 0)
-    _make_coco(root, "mgd_toy_val", 3, 1)
-    return root
-
-
-def make_cfg(out, **overrides):
-    cfg = get_cfg()
-    add_mgd_config(cfg)
-    cfg.merge_from_file(CONFIG)
-    cfg.MGD.CONFIG_DIR = os.path.dirname(CONFIG)
-    opts = {"MODEL.DEVICE": "cpu", "MODEL.WEIGHTS": "", "MODEL.RETINANET.NUM_CLASSES": 2,
-            "DATASETS.TRAIN": ("mgd_toy_train",), "DATASETS.TEST": ("mgd_toy_val",),
-            "INPUT.MIN_SIZE_TRAIN": (96,), "INPUT.MAX_SIZE_TRAIN": 128, "INPUT.MIN_SIZE_TEST": 96,
-            "INPUT.MAX_SIZE_TEST": 128, "SOLVER.IMS_PER_BATCH": 2, "SOLVER.BASE_LR": 0.001, "SOLVER.MAX_ITER": 6,
-            "SOLVER.STEPS": (), "SOLVER.CHECKPOINT_PERIOD": 3, "SOLVER.WARMUP_ITERS": 0,
-            "MGD.UPDATE_FREQ": [2, 5], "MGD.UPDATE_SLOW_STEP": [4], "MGD.UPDATE_ITER": 2,
-            "DATALOADER.NUM_WORKERS": 0, "TEST.EVAL_PERIOD": 0, "OUTPUT_DIR": str(out), "SEED": 0}
-    opts.update(overrides)
-    for key, value in opts.items():
-        node = cfg
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = getattr(node, p)
-        setattr(node, leaf, value)
-    return cfg
+from toy import CONFIG, make_cfg  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +26,8 @@ def trained(dataset, tmp_path_factory):
     trainer = train_net.Trainer(cfg)
     trainer.resume_or_load(resume=False)
     trainer.train()
-    return cfg, trainer, out
+    yield cfg, trainer, out
+    shutil.rmtree(out, ignore_errors=True)  # checkpoints hold the teacher (about 0.2 GB each): free the disk
 
 
 def test_training_logs_finite_distill_loss_and_updates_on_schedule(trained):
@@ -159,7 +103,7 @@ def test_eval_only_on_the_mgd_checkpoint_reports_student_coco_ap(trained):
     evaluating the trained model in the process that trained it (score threshold 0, so there are
     predictions to score and the AP is a number, not NaN)."""
     cfg, trainer, out = trained
-    args = train_net.default_argument_parser().parse_args(
+    args = train_net.argument_parser().parse_args(
         ["--config-file", CONFIG, "--eval-only", "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", str(out / "model_final.pth"),
          "MODEL.RETINANET.NUM_CLASSES", "2", "DATASETS.TEST", "('mgd_toy_val',)", "INPUT.MIN_SIZE_TEST", "96",
          "INPUT.MAX_SIZE_TEST", "128", "OUTPUT_DIR", str(out / "eval"), "DATALOADER.NUM_WORKERS", "0",
@@ -219,10 +163,52 @@ def test_merge_and_export_scripts(trained, tmp_path):
     assert "teacher.head.cls_score.weight" in merged and "student.backbone.bottom_up.res5.1.conv2.norm.weight" in merged
     student_backbone = trainer.model.student.backbone.bottom_up.state_dict()
     converted = {k[len("student.backbone.bottom_up."):] for k in merged if k.startswith("student.")}
-    assert converted == set(student_backbone)  # every torchvision tensor found its Detectron2 name
+    assert set(student_backbone) <= converted  # every student tensor has its torchvision counterpart
+    # ... and the only torchvision tensors left over are the running statistics of the BNs that
+    # ENABLE_STAGE_LAST_NORM turned into GroupNorm (the last block of res2-res5: affine kept, statistics not)
+    assert sorted(converted - set(student_backbone)) == sorted(
+        f"res{s}.1.conv{c}.norm.{b}" for s in (2, 3, 4, 5) for c in (1, 2) for b in ("running_mean", "running_var"))
     exported = tmp_path / "student.pth"
     export_student.main([str(out / "model_final.pth"), "-o", str(exported)])
     plain = make_cfg(tmp_path)
     plain.MODEL.META_ARCHITECTURE = "RetinaNet"
     model = RetinaNet(plain)
     model.load_state_dict(torch.load(exported, weights_only=True)["model"], strict=True)
+
+
+def test_loss_factor_auto_is_measured_once_and_kept_by_a_resume(dataset, tmp_path):
+    """MGD.LOSS_FACTOR auto: one global factor, measured after the first matching so that loss_distill is
+    LOSS_RATIO x the detector's losses on the measured images, logged, checkpointed, not re-measured."""
+    cfg = make_cfg(tmp_path, **{"SOLVER.MAX_ITER": 2, "SOLVER.CHECKPOINT_PERIOD": 100, "MGD.LOSS_FACTOR": "auto",
+                                "MGD.LOSS_RATIO": 2.0, "MGD.CALIBRATION_IMAGES": 4, "MGD.UPDATE_FREQ": [100, 100]})
+    trainer = train_net.Trainer(cfg)
+    trainer.resume_or_load(resume=False)
+    assert trainer.model.distiller.needs_calibration
+    trainer.train()
+    with open(tmp_path / "mgd_updates.jsonl") as f:
+        records = [json.loads(line) for line in f]
+    factors = [r for r in records if "loss_factor" in r]
+    assert len(factors) == 1 and factors[0]["iteration"] == 0
+    factor = factors[0]["loss_factor"]
+    assert math.isfinite(factor) and factor > 0 and trainer.model.distiller.loss_factor == factor
+    saved = torch.load(tmp_path / "model_final.pth", weights_only=True)["model"]
+    assert float(saved["distiller.calibrated_loss_factor"]) == pytest.approx(factor)
+
+    model, batches = trainer.model, [_batch(cfg), _batch(cfg)]
+    with EventStorage(0):
+        import mgd
+        measured = mgd.calibrate_loss_factor(model.distiller, batches, ratio=2.0, measure=model.calibration_losses)
+        model.distiller.set_loss_factor(measured)
+        terms = [model.calibration_losses(b) for b in batches]  # the factor now applies
+    distill, task = sum(t[0] * t[2] for t in terms), sum(t[1] * t[2] for t in terms)
+    assert distill / task == pytest.approx(2.0, rel=1e-4)
+
+    cfg.defrost()
+    cfg.SOLVER.MAX_ITER = 3
+    resumed = train_net.Trainer(cfg)
+    resumed.resume_or_load(resume=True)
+    distiller = resumed.model.distiller
+    assert not distiller.needs_calibration and distiller.loss_factor == pytest.approx(factor)
+    resumed.train()
+    with open(tmp_path / "mgd_updates.jsonl") as f:
+        assert len([r for r in map(json.loads, f) if "loss_factor" in r]) == 1

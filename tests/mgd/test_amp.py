@@ -15,9 +15,20 @@ from tiny_models import randomize_bn, tiny_resnet
 DTYPES = [torch.float16, torch.bfloat16]
 
 
+#: the options a method cannot do without (CRD's memory bank has a row per training sample)
+OPTIONS = {"crd": {"num_samples": 32, "num_negatives": 8}}
+
+
+def indices(d):
+    """What forward_train takes besides images and labels: the samples' indices for CRD's memory bank."""
+    return {"indices": torch.arange(4)} if d.needs_indices else {}
+
+
 def prepared(name):
     torch.manual_seed(0)
-    d = build_distiller(name, randomize_bn(tiny_resnet(True, 4)), randomize_bn(tiny_resnet(False, 4), seed=1))
+    d = build_distiller(name, randomize_bn(tiny_resnet(True, 4)), randomize_bn(tiny_resnet(False, 4), seed=1),
+                        **OPTIONS.get(name, {}))
+    d.set_epoch(30)  # past every warm-up
     gen = torch.Generator().manual_seed(1)
     x, y = torch.randn(4, 3, 32, 32, generator=gen), torch.arange(4)
     if d.prepare_due(0):
@@ -43,13 +54,15 @@ def test_every_loss_in_float32_on_the_same_half_precision_input(name, dtype, mon
         outputs = d.run_networks(x)  # (teacher feats, teacher out, student feats, student out)
     half = [cast(v, dtype, grad=i >= 2) for i, v in enumerate(outputs)]  # the student's carry gradients
     exact = [cast(v, torch.float32, grad=i >= 2) for i, v in enumerate(half)]  # the same values, in float32
+    if d.needs_indices:
+        d.eval()  # CRD's memory moves at every training step: both computations must see the same one
     monkeypatch.setattr(d, "run_networks", lambda images: exact)
     torch.manual_seed(4)
-    _, reference = d.forward_train(x, y)
+    _, reference = d.forward_train(x, y, **indices(d))
     monkeypatch.setattr(d, "run_networks", lambda images: half)
     torch.manual_seed(4)
     with torch.autocast("cpu", dtype=dtype):
-        _, losses = d.forward_train(x, y)
+        _, losses = d.forward_train(x, y, **indices(d))
     assert set(losses) == set(reference)
     for k, v in losses.items():  # within 1 % is the requirement; in fact within 1e-4
         assert v.dtype == torch.float32 and torch.isfinite(v), (k, v)
@@ -68,7 +81,7 @@ def test_every_loss_in_float32_on_the_same_half_precision_input(name, dtype, mon
 def test_forward_train_under_autocast_is_finite_and_sends_half_precision_gradients(name, dtype):
     d, x, y = prepared(name)
     with torch.autocast("cpu", dtype=dtype):
-        logits, losses = d.forward_train(x, y)
+        logits, losses = d.forward_train(x, y, **indices(d))
         loss = torch.nn.functional.cross_entropy(logits, y) + sum(losses.values())
     assert logits.dtype == dtype
     assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values())

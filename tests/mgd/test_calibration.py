@@ -49,6 +49,34 @@ def test_the_factor_makes_the_distillation_term_start_at_ratio_times_the_task_lo
         calibrate_loss_factor(d, _batches(), ratio=0)
 
 
+def test_another_task_loss_or_measurement():
+    d = KnownRatio()
+    twice_ce = calibrate_loss_factor(d, _batches(), ratio=0.5,
+                                     task_loss=lambda out, y: 2 * nn.functional.cross_entropy(out, y))
+    assert twice_ce == pytest.approx(40 / (0.5 * 2 * math.log(4)), rel=1e-6)
+    seen = []
+
+    def measure(batch):  # a detector-style measurement: (distillation term, task loss, images) per batch
+        seen.append(d.loss_factor)
+        return 3.0, 1.5, batch[0].shape[0]
+    assert calibrate_loss_factor(d, _batches(), ratio=0.5, measure=measure) == pytest.approx(4.0)
+    assert seen == [1.0, 1.0, 1.0] and d.loss_factor == 7.0  # measured at factor 1, then put back
+
+
+def test_calibration_leaves_the_distillers_own_norm_statistics_alone():
+    """OFD's connectors (conv + BN on the student side) run in training mode during the measurement; their
+    running statistics, like the student's, are put back, and so is every other state but the factor."""
+    torch.manual_seed(0)
+    loader = [(x, y) for x, y in zip(torch.randn(2, 8, 3, 32, 32), torch.randint(0, 10, (2, 8)))]
+    d = mgd.build_distiller("ofd", randomize_bn(tiny_resnet(True)), tiny_resnet(False), loss_factor="auto",
+                            calibration_task_loss=lambda out, y: nn.functional.cross_entropy(out, y) + 1.0)
+    before = {k: v.clone() for k, v in d.state_dict().items()}
+    d.prepare(loader, epoch=0)
+    after = d.state_dict()
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert changed == ["calibrated_loss_factor"] and any("running_mean" in k for k in before if "connector" in k)
+
+
 @pytest.mark.parametrize("name", ["mgd", "ofd"])
 def test_auto_is_measured_by_prepare_and_kept_in_the_state(name):
     torch.manual_seed(0)

@@ -14,7 +14,12 @@ from tiny_models import randomize_bn, tiny_resnet
 CLASSES = 4
 #: the loss terms each method returns, and the share of the cross-entropy it keeps
 TERMS = {"mgd": ({"distill"}, 1.0), "sm": ({"distill"}, 1.0), "ofd": ({"ofd"}, 1.0), "kd": ({"kd"}, 0.1),
-         "at": ({"at"}, 1.0), "sp": ({"sp"}, 1.0), "nd": ({"kd", "nd"}, 0.1)}
+         "at": ({"at"}, 1.0), "sp": ({"sp"}, 1.0), "nd": ({"kd", "nd"}, 1.0), "dkd": ({"dkd"}, 1.0),
+         "dist": ({"dist"}, 1.0), "reviewkd": ({"reviewkd"}, 1.0), "crd": ({"crd"}, 1.0)}
+#: the options a method cannot do without (CRD's memory bank has a row per training sample)
+OPTIONS = {"crd": {"num_samples": 64, "num_negatives": 16}}
+#: the methods whose prepare step is due before the first epoch
+PREPARED = ("mgd", "sm", "nd")
 
 
 def torchvision_pair():
@@ -45,11 +50,12 @@ def test_every_method_is_registered_with_its_terms():
 def test_contract_with_default_options_on_torchvision_classifiers(name):
     teacher, student = torchvision_pair()
     flags_before = inplace_flags(teacher), inplace_flags(student)
-    d = build_distiller(name, teacher, student)
+    d = build_distiller(name, teacher, student, **OPTIONS.get(name, {}))
+    d.set_epoch(30)  # past every warm-up: each term is on
     x, y = batch()
     terms, task_weight = TERMS[name]
     assert d.task_weight == pytest.approx(task_weight)
-    assert d.prepare_due(0) == (name in ("mgd", "sm", "nd"))
+    assert d.prepare_due(0) == (name in PREPARED)
     if d.prepare_due(0):
         d.prepare([(x, y)], epoch=0)
         assert not d.prepare_due(0)
@@ -58,7 +64,7 @@ def test_contract_with_default_options_on_torchvision_classifiers(name):
     teacher.train()  # whatever mode the teacher was left in, training the wrapper puts it back in eval
     step.train()
     assert not teacher.training and student.training
-    logits, losses = step(x, y)
+    logits, losses = step(x, y, **({"indices": torch.arange(CLASSES)} if d.needs_indices else {}))
     assert logits.shape == (CLASSES, CLASSES) and set(losses) == terms
     assert all(v.dim() == 0 and v.dtype == torch.float32 and torch.isfinite(v) and v > 0 for v in losses.values())
     (d.task_weight * nn.functional.cross_entropy(logits, y) + sum(losses.values())).backward()
@@ -71,14 +77,18 @@ def test_contract_with_default_options_on_torchvision_classifiers(name):
     state = d.own_state_dict()
     assert not any(k.startswith(("t_net.", "s_net.")) for k in state)
     d.eval()
+    indices = {"indices": torch.arange(CLASSES)} if d.needs_indices else {}
     with torch.no_grad():
-        before = d.forward_train(x, y)[1]
+        torch.manual_seed(5)  # CRD draws its negatives
+        before = d.forward_train(x, y, **indices)[1]
     d.close()
-    fresh = build_distiller(name, teacher, student)
+    fresh = build_distiller(name, teacher, student, **OPTIONS.get(name, {}))
+    fresh.set_epoch(30)
     fresh.load_own_state_dict(state)
     fresh.eval()
     with torch.no_grad():
-        after = fresh.forward_train(x, y)[1]
+        torch.manual_seed(5)
+        after = fresh.forward_train(x, y, **indices)[1]
     for k in terms:
         torch.testing.assert_close(after[k], before[k])
     fresh.close()
@@ -95,7 +105,7 @@ def test_distillers_built_and_closed_in_a_loop_leave_the_models_as_they_were():
         expected = teacher(x), student(x)
     for _ in range(3):
         for name in sorted(TERMS):
-            build_distiller(name, teacher, student).close()
+            build_distiller(name, teacher, student, **OPTIONS.get(name, {})).close()
     assert hooks_of(teacher) == 0 and hooks_of(student) == 0
     assert (inplace_flags(teacher), inplace_flags(student)) == flags
     with torch.no_grad():
@@ -106,7 +116,7 @@ def test_distillers_built_and_closed_in_a_loop_leave_the_models_as_they_were():
 
 def test_unknown_names_and_options_are_clear_errors():
     teacher, student = torchvision_pair()
-    with pytest.raises(ValueError, match="valid: at, kd, mgd, nd, ofd, sm, sp"):
+    with pytest.raises(ValueError, match="valid: at, crd, dist, dkd, kd, mgd, nd, ofd, reviewkd, sm, sp"):
         build_distiller("fitnet", teacher, student)
     with pytest.raises(TypeError, match="takes no option.*'beta'"):
         build_distiller("kd", teacher, student, beta=3)
@@ -168,9 +178,84 @@ def test_nd_distiller_needs_class_means_and_labels():
             d.t_net.maxpool(d.t_net.relu(d.t_net.bn1(d.t_net.conv1(x))))))))), 1)
     torch.testing.assert_close(d.class_means[:6], emb, rtol=1e-4, atol=1e-5)
     out, losses = d.forward_train(x, y)
-    assert set(losses) == {"kd", "nd"} and d.task_weight == pytest.approx(0.1)
+    assert set(losses) == {"kd", "nd"} and d.task_weight == pytest.approx(1.0)  # KD++: the CE keeps weight 1
     with pytest.raises(ValueError, match="labels"):
         d.forward_train(x)
+
+
+def _logits(d, x):
+    with torch.no_grad():
+        d.eval()
+        return d.s_net(x), d.t_net(x)
+
+
+def test_warmups_ramp_as_their_authors_count_epochs():
+    """KD++'s code ramps KD with min(epoch / warmup, 1) from 0-based epochs (off in the first); DKD's
+    (mdistiller) with 1-based epochs; "kd" with an ND weight trains the same recipe as "nd"."""
+    from mgd.losses import dkd_loss, kd_loss
+    torch.manual_seed(0)
+    teacher, student = randomize_bn(tiny_resnet(True)), tiny_resnet(False)
+    x, y = torch.randn(10, 3, 32, 32), torch.arange(10)
+    nd = build_distiller("nd", teacher, student, warmup_epochs=4)
+    kdpp = build_distiller("kd", teacher, student, warmup_epochs=4, nd_weight=1.0)
+    s, t = _logits(nd, x)
+    for d in (nd, kdpp):
+        d.prepare([(x, y)])
+        for epoch, ramp in ((0, 0.0), (2, 0.5), (9, 1.0)):
+            d.set_epoch(epoch)
+            with torch.no_grad():
+                terms = d.forward_train(x, y)[1]
+            torch.testing.assert_close(terms["kd"], ramp * kd_loss(s, t, 4.0))
+        d.close()
+    dkd = build_distiller("dkd", teacher, student).eval()  # warm-up 20
+    for epoch, ramp in ((0, 1 / 20), (9, 0.5), (40, 1.0)):
+        dkd.set_epoch(epoch)
+        with torch.no_grad():
+            terms = dkd.forward_train(x, y)[1]
+        torch.testing.assert_close(terms["dkd"], ramp * dkd_loss(s, t, y))
+
+
+def test_reviewkd_fuses_from_the_deepest_position_up_to_the_teachers_shapes():
+    from mgd.losses import hcl_loss
+    torch.manual_seed(0)
+    teacher, student = randomize_bn(tiny_resnet(True)), tiny_resnet(False)
+    d = build_distiller("reviewkd", teacher, student, warmup_epochs=0, weight=2.0)
+    # positions: the stages and the embedding; one ABF each, deepest (the embedding, no fusion) first
+    assert [abf.att_conv is None for abf in d.abfs] == [True] + [False] * (len(d.abfs) - 1)
+    assert d.abfs[0].conv1[0].in_channels == 512 and d.abfs[0].conv2[0].out_channels == 2048  # the embeddings
+    x, y = torch.randn(4, 3, 32, 32), torch.arange(4)
+    d.train()
+    t_feats, _, s_feats, _ = d.run_networks(x)
+    outputs = d.review(s_feats, t_feats)
+    teacher_maps = [f if f.dim() == 4 else f[:, :, None, None] for f in t_feats]
+    assert [o.shape for o in outputs] == [f.shape for f in teacher_maps]
+    torch.testing.assert_close(d.losses(s_feats, t_feats, None, None, y)["reviewkd"],
+                               2.0 * hcl_loss(outputs, teacher_maps))
+
+
+def test_crd_memory_moves_to_the_new_embeddings_and_contrasts_both_ways():
+    torch.manual_seed(0)
+    d = build_distiller("crd", randomize_bn(tiny_resnet(True)), tiny_resnet(False), num_samples=32,
+                        num_negatives=8)
+    assert d.memory_bytes() == 32 * 128 * 4 * 2 and d.needs_indices
+    x, y, idx = torch.randn(4, 3, 32, 32), torch.arange(4), torch.tensor([3, 7, 8, 30])
+    with pytest.raises(ValueError, match="indices"):
+        d.forward_train(x, y)
+    old_s, old_t, untouched = d.memory_s[idx].clone(), d.memory_t[idx].clone(), d.memory_s[0].clone()
+    d.train()
+    _, terms = d.forward_train(x, y, indices=idx)
+    t_feats, _, s_feats, _ = d.run_networks(x)
+    with torch.no_grad():
+        v_s = torch.nn.functional.normalize(d.embed_s(s_feats[-1]), dim=1)
+        v_t = torch.nn.functional.normalize(d.embed_t(t_feats[-1]), dim=1)
+    torch.testing.assert_close(d.memory_s[idx], torch.nn.functional.normalize(0.5 * old_s + 0.5 * v_s, dim=1))
+    torch.testing.assert_close(d.memory_t[idx], torch.nn.functional.normalize(0.5 * old_t + 0.5 * v_t, dim=1))
+    assert torch.equal(d.memory_s[0], untouched) and torch.isfinite(d.log_z).all()
+    assert torch.isfinite(terms["crd"]) and terms["crd"] > 0
+    negatives = d._negatives(idx)
+    assert negatives.shape == (4, 8) and not (negatives == idx[:, None]).any() and negatives.max() < 32
+    with pytest.raises(ValueError, match="num_samples"):
+        build_distiller("crd", d.t_net, d.s_net)
 
 
 @pytest.mark.parametrize("name", ["mgd", "ofd", "at"])
@@ -201,3 +286,18 @@ def test_a_constructor_that_fails_leaves_no_hooks_behind():
     with pytest.raises(ValueError, match="student has 256 channels"):
         build_distiller("mgd", student, teacher)  # a teacher narrower than its student
     assert hooks_of(teacher) == 0 and hooks_of(student) == 0
+
+
+def test_without_set_epoch_warmups_give_the_full_term_and_reviewkd_drops_a_last_batch_of_one():
+    from mgd.losses import kd_loss
+    torch.manual_seed(0)
+    teacher, student = randomize_bn(tiny_resnet(True)), tiny_resnet(False)
+    x, y = torch.randn(10, 3, 32, 32), torch.arange(10)
+    nd = build_distiller("nd", teacher, student, warmup_epochs=4)
+    nd.prepare([(x, y)])
+    s, t = _logits(nd, x)
+    with torch.no_grad():
+        torch.testing.assert_close(nd.forward_train(x, y)[1]["kd"], kd_loss(s, t, 4.0))  # no epoch announced
+    nd.close()
+    assert build_distiller("reviewkd", teacher, student).needs_full_batches
+    assert not build_distiller("crd", teacher, student, num_samples=64, num_negatives=8).replica_safe

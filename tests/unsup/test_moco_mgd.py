@@ -62,6 +62,22 @@ def test_logits_and_labels_follow_infonce():
     torch.testing.assert_close(moco.queue[:, :4], k.t())  # this step's keys entered the queue
 
 
+def test_contrastive_loss_is_infonce_with_no_side_effect():
+    """What --loss-factor auto weighs the distillation term against: the InfoNCE of a training step, without
+    the step's momentum update, enqueue nor key-encoder BN statistics."""
+    moco = _moco(K=16)
+    im_q, im_k = torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32)
+    state = {k: v.clone() for k, v in moco.state_dict().items()}
+    with torch.no_grad():
+        loss = moco.contrastive_loss(moco.encoder_q(im_q), im_k)
+    for key, value in moco.encoder_k.state_dict().items():
+        assert torch.equal(value, state["encoder_k." + key]), key
+    assert torch.equal(moco.queue, state["queue"]) and int(moco.queue_ptr) == 0
+    logits, labels = moco(im_q, im_k)  # the training step (its momentum update changes nothing yet: k = q)
+    torch.testing.assert_close(loss, F.cross_entropy(logits, labels))
+    assert loss > math.log(17) / 2  # InfoNCE over 1 + K candidates starts near log(17)
+
+
 # ---------------------------------------------------------------------------------------------- the script
 
 def run(*argv, check=True):
@@ -94,13 +110,15 @@ def args_for(data, out, epochs=1):
 def test_two_epochs_ddp_two_processes_then_resume(data, tmp_path):
     out = tmp_path / "run"
     run(*args_for(data, out, epochs=2), "--multiprocessing-distributed", "--dist-backend", "gloo",
-        "--nproc-per-node", 2)
+        "--nproc-per-node", 2, "--loss-factor", "auto", "--loss-ratio", 2)
     with open(out / "log.jsonl") as f:
         records = [json.loads(line) for line in f]
     matching = [r for r in records if r.get("event") == "matching"]
     epochs = [r for r in records if "epoch" in r]
     assert [m["before_epoch"] for m in matching] == [0, 1]  # before training, and after epoch 1 (1-based)
-    assert all(m["ranks"] == 2 and m["ranks_agree"] for m in matching)
+    assert all(m["ranks"] == 2 and m["ranks_agree"] for m in matching)  # the ranks agree on the factor too
+    factor = matching[0]["loss_factor"]
+    assert math.isfinite(factor) and factor > 0 and matching[1]["loss_factor"] == factor  # measured once
     assert [m["num_updates"] for m in matching] == [1, 2]
     assert len(epochs) == 2 and all(e["loss_contrastive"] > 0 and e["loss_distill"] > 0 for e in epochs)
     assert all(math.isfinite(e["loss_contrastive"]) and math.isfinite(e["loss_distill"]) for e in epochs)
@@ -108,18 +126,20 @@ def test_two_epochs_ddp_two_processes_then_resume(data, tmp_path):
     ckpt = torch.load(out / "checkpoint_last.pth.tar", weights_only=True)
     assert ckpt["epoch"] == 2 and int(ckpt["distiller"]["num_updates"]) == 2
     assert int(ckpt["distiller"]["prepared_epoch"]) == 1
+    assert float(ckpt["distiller"]["calibrated_loss_factor"]) == pytest.approx(factor, rel=1e-6)
     assert {"encoder_q.conv1.weight", "encoder_k.conv1.weight", "queue", "queue_ptr"} <= set(ckpt["state_dict"])
     backbone = torch.load(out / "student_backbone.pth", weights_only=True)
     torchvision.models.resnet18().load_state_dict(backbone, strict=False)
     assert not any(k.startswith("fc.") for k in backbone)
     run(*args_for(data, out, epochs=3), "--resume", out / "checkpoint_last.pth.tar", "--mgd-update-epochs", 5,
-        "--amp")
+        "--amp", "--loss-factor", "auto", "--loss-ratio", 2)
     with open(out / "log.jsonl") as f:
         records = [json.loads(line) for line in f]
     assert [r["epoch"] for r in records if "epoch" in r] == [0, 1, 2]
     assert len([r for r in records if r.get("event") == "matching"]) == 2  # resumed: no new update due
     last = torch.load(out / "checkpoint_last.pth.tar", weights_only=True)
     assert last["epoch"] == 3 and last["args"]["amp"]
+    assert float(last["distiller"]["calibrated_loss_factor"]) == pytest.approx(factor, rel=1e-6)  # not re-measured
     assert math.isfinite([r for r in records if "epoch" in r][-1]["loss_distill"])
 
 

@@ -18,7 +18,10 @@ def test_each_method_reads_its_own_flags_and_the_shared_ones():
     args = flags(loss_factor=1e3, mgd_reducer="sp")
     assert distiller_options_from_args("mgd", args) == {
         "loss_factor": 1e3, "sync_bn": 0, "distributed": True, "reducer": "sp", "update_freq": 2, "with_kd": 1}
-    assert distiller_options_from_args("kd", args) == {"alpha": 0.5}  # seed / rank are no options of KD
+    assert distiller_options_from_args("kd", flags(nd_weight=None)) == {"alpha": 0.5}  # seed / rank: not KD's
+    assert distiller_options_from_args("kd", args) == {"alpha": 0.5, "nd_weight": 3.0}  # --nd-weight: KD++
+    assert distiller_options_from_args("dkd", flags(dkd_beta=2.0, dkd_warmup_epochs=1, warmup_epochs=10)) == {
+        "beta": 2.0, "nd_weight": 3.0, "warmup_epochs": 1}  # DKD++ with its own flags and the shared ones
     assert distiller_options_from_args("nd", args) == {"alpha": 0.5, "nd_weight": 3.0}  # KD++ reads KD's flags
     assert distiller_options_from_args("sp", args) == {"gamma": 2.0}
     assert distiller_options_from_args("ofd", args) == {"loss_factor": 1e3}

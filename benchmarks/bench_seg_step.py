@@ -1,0 +1,109 @@
+"""Overhead of one MGD segmentation step over plain "teacher forward + student training step", and the peak
+memory of both.
+
+    python benchmarks/bench_seg_step.py [--batch 2 --size 513 --repeat 3 --method mgd]
+
+OFD's segmentation setting: DeepLabV3+ ResNet-101 teacher, DeepLabV3+ ResNet-18 student (seg/models.py),
+output stride 16, 513 px crops, 21 classes, batch 2, CPU. Baseline: the teacher's no-grad forward (which any
+distillation needs) plus the student's forward, per-pixel cross-entropy, backward and SGD step. Distillation:
+the same through the one contract (``forward_train``: hook capture at the six positions of
+seg/positions.py, the student-side BNs, AMP reduction, partial L2 in float32, seg/train.py's weights and
+loss factor). Times are the best of interleaved rounds (median of ``--repeat`` steps each). Peak memory: the
+peak resident set size of a fresh process that builds both networks and runs two steps of one kind (on the
+CPU, torch's allocations are not visible to tracemalloc), so the two figures differ only by the step.
+"""
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import best_of  # noqa: E402
+
+import mgd  # noqa: E402
+from seg.losses import seg_cross_entropy  # noqa: E402
+from seg.models import build_model  # noqa: E402
+from seg.positions import pair_positions, stage_weights  # noqa: E402
+
+TEACHER, STUDENT, CLASSES = "deeplabv3plus_resnet101", "deeplabv3plus_resnet18", 21
+
+
+def setup(args):
+    """(baseline step, distillation step, distiller) on fresh networks."""
+    torch.manual_seed(0)
+    teacher, student = build_model(TEACHER, CLASSES).eval(), build_model(STUDENT, CLASSES)
+    x = torch.randn(args.batch, 3, args.size, args.size)
+    y = torch.randint(0, CLASSES, (args.batch, args.size, args.size))
+    y[:, :8] = 255
+    method = mgd.DISTILLERS[args.method]
+    names, t_specs, s_specs = pair_positions(teacher, student, "all", method.wider_teacher)
+    distiller = mgd.build_distiller(args.method, teacher, student, teacher_layers=t_specs, student_layers=s_specs,
+                                    stage_weights=stage_weights(names), loss_factor=1e5)
+    distiller.prepare([x[:1]])
+    distiller.train()
+    optimizer = torch.optim.SGD(distiller.get_learnable_parameters(), lr=0.01, momentum=0.9)
+
+    def baseline():
+        with torch.no_grad():
+            teacher(x)
+        loss = seg_cross_entropy(student(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    def distil():
+        out, losses = distiller.forward_train(x, y)
+        loss = seg_cross_entropy(out, y) + sum(losses.values())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return baseline, distil, distiller
+
+
+def peak_memory(args, side: str) -> float:
+    """Peak RSS (MiB) of a fresh process running two steps of ``side``."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--batch", str(args.batch), "--size", str(args.size),
+           "--method", args.method, "--memory-of", side]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=dict(os.environ)).stdout
+    return json.loads(out.strip().splitlines()[-1])["peak_mib"]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--size", type=int, default=513)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--method", default="mgd", choices=["mgd", "ofd"])
+    parser.add_argument("--memory-of", choices=["base", "distil"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_of:
+        baseline, distil, _ = setup(args)
+        step = baseline if args.memory_of == "base" else distil
+        step()
+        step()
+        print(json.dumps({"peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+        return
+    print(f"threads {torch.get_num_threads()}, batch {args.batch}, {args.size} px, {TEACHER} -> {STUDENT}, "
+          f"{args.method} at 6 positions")
+    baseline, distil, distiller = setup(args)
+    times = {"base": [], "distil": []}
+    for _ in range(2):  # interleaved rounds: both sides see the same machine state
+        times["base"].append(best_of(baseline, args.repeat))
+        times["distil"].append(best_of(distil, args.repeat))
+    distiller.close()
+    base, ours = min(times["base"]), min(times["distil"])
+    mem_base, mem_ours = peak_memory(args, "base"), peak_memory(args, "distil")
+    print(f"{'':<28} {'time':>10} {'peak RSS':>12}")
+    print(f"{'teacher fwd + student step':<28} {base * 1e3:7.0f} ms {mem_base:8.0f} MiB")
+    print(f"{args.method + ' step':<28} {ours * 1e3:7.0f} ms {mem_ours:8.0f} MiB")
+    print(f"overhead ratio {ours / base:.3f} (target <= 1.10), memory ratio {mem_ours / mem_base:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,339 @@
+"""Train a segmentation network, alone or distilled from a teacher (MGD, OFD, KD, AT, SP), reporting mIoU.
+
+    python seg/train.py DATA --dataset voc --use-sbd --model deeplabv3plus_resnet101 --epochs 50
+    python seg/train.py DATA --dataset voc --use-sbd --model deeplabv3plus_resnet18 \\
+        --teacher-model deeplabv3plus_resnet101 --teacher-resume r101/student.pth --distiller mgd --mgd-reducer amp
+
+Modelled on torchvision's references/segmentation (SGD with momentum, poly LR decay per iteration with power
+0.9, per-pixel cross-entropy ignoring 255, validation at the original resolution) and on cls/main_mgd.py
+(the same flags, launch, checkpoints, logs and exact resume). ``--distiller none`` (the default) trains a
+plain model: a teacher or a baseline. Any other method goes through the library's one contract
+(``mgd.build_distiller``) at the positions of --distill-positions (seg/positions.py), with OFD's
+segmentation settings: per-position weights 1/8, 1/4, 1/2, 1, 1, 1/16 and a loss factor of 1e5.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from typing import Any, Dict, Optional
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch
+from torch import nn
+
+import mgd
+from mgd import distributed as mdist
+from mgd.checkpoint import atomic_save, deferred_signals
+from mgd.distillers import distiller_options, option_default
+from mgd.engine import (ArgumentParser, Precision, RunLog, UserError, add_launch_arguments, add_precision_arguments,
+                        add_run_arguments, check_output_dir, epoch_loader, eval_loader, last_good_checkpoint,
+                        launch, load_checkpoint, mean_terms, plain_args, prepare_if_due, prepare_loader,
+                        read_weights, refuse_non_finite, resume_from, run_cli, save_checkpoints, seed_everything,
+                        setup_process, start_output_dir, train_one_epoch, worker_guard, wrap_for_training)
+from mgd.engine.checkpoints import check_resume_matches
+from mgd.engine.args import (distiller_options_from_args, loss_factor, non_negative_float, non_negative_int,
+                             positive_float, positive_int)
+from seg import data as sdata
+from seg.evaluate import evaluate
+from seg.losses import seg_cross_entropy
+from seg.models import MODEL_NAMES, build_model
+from seg.positions import pair_positions, resolve_positions, stage_weights
+
+logger = logging.getLogger("seg")
+
+#: What a run writes in its --output-dir (what makes a folder hold a previous run).
+CHECKPOINT_NAMES = ("last.pth", "best.pth", "student.pth")
+#: The methods that work on dense (N, C, H, W) outputs: the feature methods at seg/positions.py's positions and
+#: pixel-wise KD. The others of mgd.DISTILLERS (nd, dkd, dist, crd, reviewkd) need image-level labels or a
+#: classifier embedding.
+METHODS = ["none", "mgd", "sm", "ofd", "kd", "at", "sp"]
+#: OFD's segmentation loss factor (train_with_distillation.py: loss_distill.sum() / batch_size * 1e-5).
+OFD_SEG_LOSS_FACTOR = 1e5
+POLY_POWER = 0.9
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = ArgumentParser(description=__doc__.strip().splitlines()[0],
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("data", metavar="DIR", help="the dataset's root folder (see --dataset)")
+    p.add_argument("--dataset", default="voc", choices=["voc", "cityscapes", "folder"])
+    p.add_argument("--use-sbd", action="store_true", help="voc: add SBD's train_noval images (DIR/SBD)")
+    p.add_argument("--download", action="store_true", help="voc: let torchvision download VOC 2012 (and SBD)")
+    p.add_argument("--num-classes", default=None, type=positive_int, help="folder: the class count (default: "
+                   "1 + the largest label value in DIR/train/labels)")
+    p.add_argument("--crop-size", default=None, type=positive_int, help="training crop (default: 513 for voc "
+                   "and folder, 768 for cityscapes, as OFD's code)")
+    p.add_argument("--model", default="deeplabv3plus_resnet18", choices=MODEL_NAMES, help="the student (or "
+                   "the plain model)")
+    p.add_argument("--pretrained-backbone", default="", metavar="PATH", help="ImageNet weights of the model's "
+                   "backbone: a local state dict of the torchvision classifier (never downloaded)")
+    p.add_argument("--student-resume", default="", metavar="PATH", help="initial weights of the whole model")
+    p.add_argument("--teacher-model", default="deeplabv3plus_resnet101", choices=MODEL_NAMES)
+    p.add_argument("--teacher-resume", default="", metavar="PATH", help="teacher weights (a state dict or a "
+                   "checkpoint of this script; loaded before the margins are computed)")
+    p.add_argument("--distiller", default="none", choices=METHODS, help="none: train the model alone")
+    p.add_argument("--distill-positions", default="all", help="backbone, head, all, or a comma-separated list of "
+                   "stage1..stage4, aspp, decoder (seg/README.md)")
+    p.add_argument("-j", "--workers", default=4, type=non_negative_int, help="data loading workers per process")
+    p.add_argument("--epochs", default=30, type=positive_int)
+    p.add_argument("-b", "--batch-size", default=8, type=positive_int, help="total batch size over all processes")
+    p.add_argument("--lr", "--learning-rate", default=0.01, type=positive_float, dest="lr",
+                   help="initial LR, decayed per iteration as (1 - it / total) ** 0.9")
+    p.add_argument("--momentum", default=0.9, type=non_negative_float)
+    p.add_argument("--wd", "--weight-decay", default=1e-4, type=non_negative_float, dest="weight_decay")
+    p.add_argument("-p", "--print-freq", default=10, type=positive_int, help="progress bar refresh, in iterations")
+    p.add_argument("--resume", default="", metavar="PATH", help="a checkpoint of this script (last.pth) to continue")
+    p.add_argument("-e", "--evaluate", action="store_true", help="evaluate the model (and the teacher) and exit")
+    p.add_argument("--sync-bn", default=0, type=int, choices=[0, 1], help="SyncBatchNorm in distributed training")
+    add_launch_arguments(p)
+    add_precision_arguments(p)
+    add_run_arguments(p)
+    g = p.add_argument_group("method options (unset: the method's default; mgd/ofd: OFD's segmentation settings)")
+    g.add_argument("--loss-factor", default=None, type=loss_factor, help="mgd/ofd: the distillation loss is divided "
+                   "by the batch size and this factor (default 1e5, OFD's segmentation value); 'auto': measured "
+                   "before training so that the distillation term starts at --loss-ratio times the cross-entropy")
+    g.add_argument("--loss-ratio", default=None, type=positive_float, help="mgd/ofd with --loss-factor auto")
+    g.add_argument("--mgd-reducer", default=None, choices=["amp", "rd", "sp", "sm"], help="mgd: channel reducer "
+                   "(default amp)")
+    g.add_argument("--mgd-update-freq", default=2, type=positive_int, help="mgd: re-solve the matching every N epochs")
+    g.add_argument("--mgd-update-images", default=2000, type=positive_int, help="mgd: images tracked per matching "
+                   "update (over all processes)")
+    g.add_argument("--mgd-with-kd", default=0, type=int, choices=[0, 1], help="mgd: add pixel-wise KD (T = 1.5)")
+    g.add_argument("--mgd-solver", default=None, choices=["ortools", "scipy"])
+    g.add_argument("--kd-alpha", default=None, type=non_negative_float, help="kd: weight of the pixel-wise KD term; "
+                   "the cross-entropy keeps 1 - alpha (default 0.9)")
+    g.add_argument("--kd-temperature", default=None, type=positive_float, help="kd: temperature (default 4)")
+    g.add_argument("--at-beta", default=None, type=non_negative_float, help="at: beta (default 1000)")
+    g.add_argument("--sp-gamma", default=None, type=non_negative_float, help="sp: gamma (default 3000)")
+    g.add_argument("--ofd-teacher-train", default=None, type=int, choices=[0, 1], dest="ofd_teacher_train_mode",
+                   help="ofd: keep the teacher's BN in train mode, as OFD's code did (default 0)")
+    return p
+
+
+def reducer(args) -> Optional[str]:
+    """MGD's channel reducer for this run (the flag or the method's default); None for other methods."""
+    if args.distiller == "none":
+        return None
+    return distiller_options_from_args(args.distiller, args).get("reducer", option_default(args.distiller, "reducer"))
+
+
+def finish_args(args: argparse.Namespace) -> argparse.Namespace:
+    """Checks and defaults in the parent process, before any worker starts."""
+    try:
+        resolve_positions(args.distill_positions)
+    except ValueError as exc:
+        raise UserError(f"--distill-positions: {exc}") from None
+    if not os.path.isdir(args.data):
+        raise UserError(f"data directory not found: {args.data}")
+    if args.dataset == "folder":
+        for split in ("train", "val"):
+            sdata.folder_pairs(args.data, split)
+    if args.distiller != "none" and not args.teacher_resume and not args.evaluate:
+        raise UserError(f"--distiller {args.distiller} needs the teacher's weights: --teacher-resume PATH (train one "
+                        "with --distiller none)")
+    if args.loss_factor is not None and (args.distiller == "none" or
+                                         "loss_factor" not in distiller_options(args.distiller)):
+        raise UserError(f"--loss-factor has no meaning for --distiller {args.distiller}: it scales the partial-L2 "
+                        "methods (mgd, sm, ofd)")
+    args.crop_size = args.crop_size or sdata.DEFAULT_CROP[args.dataset]
+    if args.output_dir is None:
+        name = os.path.basename(os.path.normpath(args.data)) or "data"
+        tag = [] if args.distiller == "none" else [args.distiller] + ([reducer(args)] if reducer(args) else [])
+        args.output_dir = os.path.join("output", ".".join([name, args.model] + tag))
+    if not args.evaluate:
+        check_output_dir(args.output_dir, CHECKPOINT_NAMES, args.resume, args.overwrite,
+                         {"--student-resume": args.student_resume, "--teacher-resume": args.teacher_resume})
+    return args
+
+
+# ------------------------------------------------------------------------------------------ networks
+
+def load_model_weights(model: nn.Module, path: str, what: str) -> None:
+    """Strict load of a state dict (or a checkpoint holding one; torchvision's auxiliary-head keys ignored)."""
+    state = {k: v for k, v in read_weights(path, what).items() if not k.startswith("aux_classifier.")}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        first = " ".join(str(exc).strip().splitlines()[:2])[:300]
+        raise UserError(f"{what}: {path} does not fit the model ({first})") from exc
+
+
+def build_distiller(args, teacher: nn.Module, student: nn.Module) -> mgd.Distiller:
+    """--distiller's method at the paired positions, with OFD's segmentation weights and loss factor; every
+    configuration problem is a one-line UserError."""
+    method = mgd.DISTILLERS[args.distiller]
+    options = distiller_options(args.distiller)
+    given: Dict[str, Any] = {}
+    if "teacher_layers" in options and method.needs_features:
+        try:
+            names, t_specs, s_specs = pair_positions(teacher, student, args.distill_positions, method.wider_teacher)
+        except ValueError as exc:
+            raise UserError(f"cannot distil {args.teacher_model} into {args.model} with {args.distiller}: {exc}"
+                            ) from None
+        given.update(teacher_layers=t_specs, student_layers=s_specs, stage_weights=stage_weights(names))
+        logger.info("distilling at %s", ", ".join(names))
+    if args.loss_factor is None and "loss_factor" in options:
+        given["loss_factor"] = OFD_SEG_LOSS_FACTOR
+    if "calibration_task_loss" in options:
+        given["calibration_task_loss"] = seg_cross_entropy
+    opts = distiller_options_from_args(args.distiller, args, **given)
+    try:
+        return mgd.build_distiller(args.distiller, teacher, student, **opts)
+    except (ValueError, TypeError) as exc:
+        raise UserError(f"cannot distil {args.teacher_model} into {args.model} with {args.distiller}: {exc}") from exc
+
+
+def set_poly_lr(optimizer: torch.optim.Optimizer, base_lr: float, iteration: int, total: int) -> float:
+    """torchvision's reference schedule: lr = base * (1 - it / total) ** 0.9, set before each step (a function
+    of the iteration alone, so a resumed run needs no scheduler state)."""
+    lr = base_lr * max(0.0, 1.0 - iteration / total) ** POLY_POWER
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return lr
+
+
+def evaluate_models(models: Dict[str, nn.Module], loader, device: torch.device, num_classes: int, rank: int) -> None:
+    """--evaluate: one line per model (rank 0)."""
+    for name, model in models.items():
+        stats = evaluate(model, loader, device, num_classes, rank == 0)
+        if rank == 0:
+            print(f"{name}: mIoU {stats['miou']:.2f}  pixel acc {stats['pixel_acc']:.2f}  loss {stats['loss']:.4f}  "
+                  f"({stats['images']} images)")
+
+
+# ------------------------------------------------------------------------------------------ worker
+
+@worker_guard
+def worker(local_rank: int, args) -> None:
+    device = setup_process(local_rank, args)
+    if not args.evaluate:
+        start_output_dir(args.output_dir, CHECKPOINT_NAMES, bool(args.resume), args.rank, args.overwrite)
+    train_set, val_set, prepare_set, num_classes = sdata.build_datasets(args)
+    args.per_process_batch = max(1, args.batch_size // args.world_size)
+    if len(train_set) // args.world_size < args.per_process_batch and not args.evaluate:
+        raise UserError(f"the training set ({len(train_set)} images) gives no full batch of {args.per_process_batch} "
+                        f"per process: lower -b")
+    val_loader = eval_loader(val_set, 1, args.workers, args.rank, args.world_size, device.type == "cuda")
+    precision = Precision(args.amp, args.amp_dtype, device, args.channels_last)
+    logger.info("%s on %s, %d process(es), %s, %d classes", args.model, device, args.world_size,
+                precision.describe(), num_classes)
+
+    student = build_model(args.model, num_classes, args.pretrained_backbone or None)
+    if args.student_resume:
+        load_model_weights(student, args.student_resume, "--student-resume")
+    teacher = None
+    if args.teacher_resume:
+        teacher = build_model(args.teacher_model, num_classes)
+        load_model_weights(teacher, args.teacher_resume, "--teacher-resume")
+        teacher.to(device)
+    if args.evaluate:
+        if args.resume:
+            load_model_weights(student, args.resume, "--resume")
+        evaluate_models({**({f"teacher {args.teacher_model}": teacher} if teacher is not None else {}),
+                         args.model: student.to(device)}, val_loader, device, num_classes, args.rank)
+        return
+    if args.distributed and args.sync_bn:
+        student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
+    student.to(device)
+    distiller = build_distiller(args, teacher, student).to(device) if args.distiller != "none" else None
+    module = distiller if distiller is not None else student
+    precision.prepare_model(module)
+    params = distiller.get_learnable_parameters() if distiller is not None else list(student.parameters())
+    optimizer = torch.optim.SGD(params, args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+
+    same = {"teacher_model": args.teacher_model, "distill_positions": args.distill_positions,
+            **({"mgd_reducer": reducer(args)} if reducer(args) else {})} if distiller is not None else {}
+    start_epoch, best = 0, 0.0
+    if args.resume:
+        ckpt = load_checkpoint(args.resume, ("student", "epoch", "optimizer", "best_miou", "method"))
+        if ckpt["method"] != args.distiller:
+            raise UserError(f"--resume: {args.resume} was written with --distiller {ckpt['method']}, this run has "
+                            f"--distiller {args.distiller}")
+        check_resume_matches(ckpt, args.resume, model=args.model)
+        start_epoch = resume_from(ckpt, args.resume, student, "student", optimizer, precision, None, distiller,
+                                  args.epochs, num_classes=num_classes, **same)
+        best = float(ckpt["best_miou"])
+
+    trainable = wrap_for_training(module, device, args.distributed, args.gpu, precision=precision)
+    log = RunLog(args.output_dir, args.rank, args.tensorboard)
+    task_weight = distiller.task_weight if distiller is not None else 1.0
+    state = {"iteration": 0, "total": 1, "first": True}
+
+    def step(batch):
+        set_poly_lr(optimizer, args.lr, state["iteration"], state["total"])
+        state["iteration"] += 1
+        images, target = precision.to_device(batch[0]), batch[1].to(device, non_blocking=True)
+        if distiller is not None:
+            output, terms = trainable(images, target)
+            terms = mean_terms(terms)
+        else:
+            output, terms = trainable(images), {}
+        ce = seg_cross_entropy(output, target)
+        loss = task_weight * ce + sum(terms.values())
+        parts = {"ce": ce.item(), **{k: v.item() for k, v in terms.items()}}
+        if state["first"] and terms and args.rank == 0:
+            logger.info("first step: cross-entropy %.4f (weight %g), %s; distillation terms far above the "
+                        "cross-entropy usually hurt (--loss-factor scales mgd/ofd)", parts["ce"], task_weight,
+                        ", ".join(f"{k} {v:.4f}" for k, v in parts.items() if k != "ce"))
+        state["first"] = False
+        return loss, parts, images.shape[0]
+
+    def prepare(epoch: int) -> dict:
+        if distiller is None:
+            return {}
+        distiller.set_epoch(epoch)  # methods whose terms ramp in over a warm-up read it
+        return prepare_if_due(distiller, epoch, lambda e: prepare_loader(
+            prepare_set, args.per_process_batch, args.workers, e, args.seed or 0, args.rank, args.world_size,
+            device.type == "cuda"), log)
+
+    for epoch in range(start_epoch, args.epochs):
+        begin = time.time()
+        if args.seed is not None:
+            seed_everything(args.seed * 1000 + epoch)
+        before = prepare(epoch)
+        trainable.train()
+        loader = epoch_loader(train_set, args.per_process_batch, args.workers, epoch, args.seed or 0, args.rank,
+                              args.world_size, device.type == "cuda", drop_last=True)
+        state["total"] = len(loader) * args.epochs
+        state["iteration"] = len(loader) * epoch
+        lr = set_poly_lr(optimizer, args.lr, state["iteration"], state["total"])
+        stats = train_one_epoch(step, loader, optimizer, precision, epoch, device, args.rank == 0, args.print_freq,
+                                last_good_checkpoint(args.output_dir, resumed_from=args.resume))
+        for buffer in student.buffers():  # BN statistics as rank 0's on every rank: every rank evaluates one model
+            mdist.broadcast(buffer, 0)
+        val = evaluate(student, val_loader, device, num_classes, args.rank == 0)
+        is_best = val["miou"] > best
+        best = max(best, val["miou"])
+        record = {"epoch": epoch, "lr": lr, **{f"train_{k}": v for k, v in stats.items()}, "miou": val["miou"],
+                  "pixel_acc": val["pixel_acc"], "val_loss": val["loss"], "iou": val["iou"], "best_miou": best,
+                  **before, "seconds": round(time.time() - begin, 1)}
+        extra = {"distiller": distiller.own_state_dict()} if distiller is not None else {}
+        refuse_non_finite({"the student": student.state_dict(), **({"the distiller": extra["distiller"]}
+                                                                   if extra else {})},
+                          epoch, args.output_dir, resumed_from=args.resume, val_loss=val["loss"])
+        if args.rank == 0:
+            ckpt = {"epoch": epoch + 1, "model": args.model, "num_classes": num_classes, "method": args.distiller,
+                    "student": student.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scaler": precision.state_dict(), "best_miou": best, "args": plain_args(args), **extra, **same}
+            with deferred_signals():
+                save_checkpoints(ckpt, args.output_dir, ["last.pth"] + (["best.pth"] if is_best else []))
+                atomic_save(student.state_dict(), os.path.join(args.output_dir, "student.pth"))
+        parts = "  ".join(f"{k} {v:.4f}" for k, v in stats.items())
+        logger.info("epoch %d/%d  %s  val mIoU %.2f  pixel acc %.2f  lr %.4g  %.0f s", epoch, args.epochs - 1, parts,
+                    val["miou"], val["pixel_acc"], lr, record["seconds"])
+        log.write(record)
+    log.close()
+
+
+def main(argv=None) -> None:
+    args = finish_args(get_parser().parse_args(argv))
+    launch(worker, args)
+
+
+if __name__ == "__main__":
+    run_cli(main)

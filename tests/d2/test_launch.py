@@ -1,0 +1,85 @@
+"""train_net.py's process set-up: 2 CPU processes over gloo (detectron2 0.6's launch asserts CUDA) agreeing on
+the matching and the weights, and --register-coco."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
+
+import toy  # noqa: E402
+from mgd_d2 import register_coco_datasets  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TRAIN_NET = os.path.join(toy.D2, "train_net.py")
+
+
+def _env(**extra):
+    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", **extra)
+
+
+def test_two_cpu_processes_over_gloo_agree_on_the_matching_and_the_weights(dataset, tmp_path):
+    """`--num-gpus 2 MODEL.DEVICE cpu`: two processes (DDP over gloo, each its half of the batch, the datasets
+    registered by --register-coco in each) end with the same trainable parameters and the same matching, for a
+    feature method with a matching (MGD, RetinaNet), one with connectors and a calibrated factor (OFD,
+    Faster R-CNN) and a logit method (DKD)."""
+    opts = toy.tiny_opts(tmp_path, **{"SOLVER.MAX_ITER": 3, "SOLVER.CHECKPOINT_PERIOD": 100,
+                                      "MGD.UPDATE_FREQ": [2, 2], "DATASETS.TRAIN": ("ddp_train",),
+                                      "DATASETS.TEST": ("ddp_val",)})
+    runs = "mgd_retinanet_R50_R18_FPN_1x.yaml:mgd,ofd_faster_rcnn_R50_R18_FPN_1x.yaml:ofd," \
+           "mgd_faster_rcnn_R50_R18_FPN_1x.yaml:dkd"
+    proc = subprocess.run(
+        [sys.executable, os.path.join(HERE, "ddp_ranks.py"), "--num-gpus", "2", "--config-file", toy.CONFIG,
+         "--register-coco", "ddp_train", str(dataset / f"{toy.TRAIN}.json"), str(dataset / toy.TRAIN),
+         "--register-coco", "ddp_val", str(dataset / f"{toy.VAL}.json"), str(dataset / toy.VAL)] + opts,
+        env=_env(MGD_D2_RUNS=runs), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for method in ("mgd", "ofd", "dkd"):
+        ranks = [torch.load(tmp_path / method / f"rank{r}.pth", weights_only=True) for r in (0, 1)]
+        assert all(int(s["world_size"]) == 2 and bool(s["ddp"]) for s in ranks)
+        assert ranks[0].keys() == ranks[1].keys() and len(ranks[0]) > 50
+        for key, value in ranks[0].items():
+            assert torch.equal(value, ranks[1][key]), f"{method}: {key} differs between the ranks"
+        with open(tmp_path / method / "metrics.json") as f:
+            metrics = [json.loads(line) for line in f]
+        assert [m["iteration"] for m in metrics if "total_loss" in m][-1] == 2  # 3 steps (0, 1, 2)
+        assert (tmp_path / method / "inference" / "coco_instances_results.json").is_file()  # evaluated on ddp_val
+    mgd_state = torch.load(tmp_path / "mgd" / "rank0.pth", weights_only=True)
+    assert int(mgd_state["distiller.num_updates"]) == 2
+    for i, tc in enumerate([256, 512, 1024, 2048]):
+        assert sorted(mgd_state[f"distiller.guided_inds{i + 1}"].tolist()) == list(range(tc))
+    ofd_state = torch.load(tmp_path / "ofd" / "rank0.pth", weights_only=True)
+    assert float(ofd_state["distiller.calibrated_loss_factor"]) > 0
+    assert any(k.startswith("distiller.connectors.") for k in ofd_state)
+
+
+def test_register_coco_registers_once_and_refuses_clashes(dataset, tmp_path):
+    json_file, images = str(dataset / f"{toy.VAL}.json"), str(dataset / toy.VAL)
+    try:
+        register_coco_datasets([("reg_test", json_file, images)])
+        register_coco_datasets([("reg_test", json_file, images)])  # the same again: kept (another call, one process)
+        assert len(DatasetCatalog.get("reg_test")) == 3
+        assert MetadataCatalog.get("reg_test").thing_classes == ["red", "green"]
+        other = toy.make_coco(tmp_path, "other", 2, 5, register=False)
+        with pytest.raises(ValueError, match="'reg_test' is already registered"):
+            register_coco_datasets([("reg_test", str(other), str(tmp_path / "other"))])
+        with pytest.raises(ValueError, match="annotation file not found: nope.json"):
+            register_coco_datasets([("x", "nope.json", images)])
+    finally:
+        DatasetCatalog.remove("reg_test")
+        MetadataCatalog.remove("reg_test")
+
+
+def test_a_bad_dataset_on_the_command_line_is_one_line_and_exit_code_2(tmp_path):
+    proc = subprocess.run([sys.executable, TRAIN_NET, "--config-file", toy.CONFIG, "--register-coco", "x",
+                           str(tmp_path / "missing.json"), str(tmp_path)], env=_env(), capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == f"error: --register-coco x: annotation file not found: " \
+                                                   f"{tmp_path / 'missing.json'}"
+    assert "Traceback" not in proc.stderr
