@@ -46,7 +46,8 @@ class CRDDistiller(Distiller):
         if memory == "bank" and not num_samples:
             raise ValueError("crd's memory bank needs num_samples (the training set's size); or memory='queue'")
         if memory == "bank" and num_negatives >= num_samples:
-            raise ValueError(f"crd needs fewer negatives ({num_negatives}) than training samples ({num_samples})")
+            raise ValueError(f"crd needs fewer negatives ({num_negatives}) than training samples ({num_samples}): "
+                             f"lower num_negatives (--crd-num-negatives), or use memory='queue'")
         kwargs.update(teacher_layers=[embedding_spec(t_net, teacher_embedding)],
                       student_layers=[embedding_spec(s_net, student_embedding)])
         super().__init__(t_net, s_net, **kwargs)

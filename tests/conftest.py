@@ -1,5 +1,6 @@
 """Shared fixtures: CPU, one thread, deterministic seeds, small models."""
 import os
+import signal
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -13,3 +14,14 @@ torch.set_num_threads(1)
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(autouse=True)
+def _restore_signal_handlers():
+    """Every test starts with the session's SIGINT and SIGTERM handlers: the scripts' error paths ignore SIGINT
+    before they exit (a second Ctrl-C must not cut their report short), and a test that catches that exit
+    would otherwise leave Ctrl-C ignored for every test after it."""
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)

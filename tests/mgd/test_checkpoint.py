@@ -104,14 +104,6 @@ def test_both_torch_save_formats_still_load(tmp_path, kwargs):
 
 
 # ------------------------------------------------------------------------------------------------ signals
-@pytest.fixture
-def restore_signal_handlers():
-    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    yield
-    for sig, handler in saved.items():
-        signal.signal(sig, handler)
-
-
 def _save_interrupted_by(monkeypatch, *signals):
     """torch.save that receives ``signals`` before it writes anything (as if Ctrl-C came mid-write)."""
     real_save = torch.save
@@ -124,8 +116,7 @@ def _save_interrupted_by(monkeypatch, *signals):
     monkeypatch.setattr(torch, "save", save)
 
 
-def test_ctrl_c_during_the_save_completes_the_checkpoint_then_raises(tmp_path, monkeypatch,
-                                                                       restore_signal_handlers):
+def test_ctrl_c_during_the_save_completes_the_checkpoint_then_raises(tmp_path, monkeypatch):
     path = str(tmp_path / "last.pth")
     seen = []
 
@@ -141,8 +132,7 @@ def test_ctrl_c_during_the_save_completes_the_checkpoint_then_raises(tmp_path, m
     assert signal.getsignal(signal.SIGINT) is on_sigint
 
 
-def test_default_sigint_handler_gives_keyboard_interrupt_after_the_write(tmp_path, monkeypatch,
-                                                                         restore_signal_handlers):
+def test_default_sigint_handler_gives_keyboard_interrupt_after_the_write(tmp_path, monkeypatch):
     signal.signal(signal.SIGINT, signal.default_int_handler)
     path = str(tmp_path / "last.pth")
     _save_interrupted_by(monkeypatch, signal.SIGINT)
@@ -154,7 +144,7 @@ def test_default_sigint_handler_gives_keyboard_interrupt_after_the_write(tmp_pat
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
-def test_sigterm_reaches_the_previous_handler_once_after_the_rename(tmp_path, monkeypatch, restore_signal_handlers):
+def test_sigterm_reaches_the_previous_handler_once_after_the_rename(tmp_path, monkeypatch):
     path = str(tmp_path / "last.pth")
     calls = []
     previous_int = signal.getsignal(signal.SIGINT)
@@ -169,7 +159,7 @@ def test_sigterm_reaches_the_previous_handler_once_after_the_rename(tmp_path, mo
     assert signal.getsignal(signal.SIGINT) is previous_int
 
 
-def test_a_save_outside_the_main_thread_installs_no_handler(tmp_path, monkeypatch, restore_signal_handlers):
+def test_a_save_outside_the_main_thread_installs_no_handler(tmp_path, monkeypatch):
     path = str(tmp_path / "last.pth")
     handlers = []
     real_save = torch.save
