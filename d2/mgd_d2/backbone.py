@@ -83,3 +83,10 @@ def resnet_stage_specs(resnet: nn.Module) -> List[StageSpec]:
         specs.append(StageSpec(f"{name}.{last}.out_relu", capture="input", bn=f"{name}.{last}.{conv}.norm",
                                channels=getattr(stage[last], conv).out_channels))
     return specs
+
+
+def stage_specs(bottom_up: nn.Module) -> List[StageSpec]:
+    """The four distilled positions of a bottom-up network: its own ``stage_specs()`` (the MobileNetV2 backbone of
+    :mod:`mgd_d2.mobilenet`), else a ResNet's C2-C5 (:func:`resnet_stage_specs`)."""
+    own = getattr(bottom_up, "stage_specs", None)
+    return own() if callable(own) else resnet_stage_specs(bottom_up)

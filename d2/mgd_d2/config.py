@@ -21,6 +21,12 @@ def add_mgd_config(cfg: CN) -> None:
     # student loads only into a model built with it. Applied by the pre-ReLU backbones of mgd_d2.backbone.
     cfg.MODEL.RESNETS.ENABLE_STAGE_LAST_NORM = False
     cfg.MODEL.RESNETS.STAGE_LAST_NORM = "GN"
+    # torchvision's MobileNetV2 as the bottom-up network (mgd_d2.mobilenet): width, "BN" (trainable) or "FrozenBN",
+    # and a torchvision MobileNetV2 state dict to start from (e.g. its ImageNet weights; never downloaded).
+    cfg.MODEL.MOBILENET_V2 = CN()
+    cfg.MODEL.MOBILENET_V2.WIDTH_MULT = 1.0
+    cfg.MODEL.MOBILENET_V2.NORM = "BN"
+    cfg.MODEL.MOBILENET_V2.PRETRAINED = ""
     cfg.MGD = CN()
     # The method: "mgd" (matching + reducer, Yue et al. 2020), "ofd" (1x1 conv + BN connectors and OFD's
     # margins, Heo et al. 2019), both on the backbones' pre-ReLU C2-C5; with a Faster R-CNN also "kd"
@@ -29,7 +35,8 @@ def add_mgd_config(cfg: CN) -> None:
     cfg.MGD.DISTILLER = "mgd"
     # Channel reducer: "amp" (absolute max pooling), "sp" (max pooling), "rd" (random drop), "sm" (sparse).
     cfg.MGD.REDUCER = "amp"
-    # Distilled positions are the backbone's pre-ReLU C2, C3, C4, C5 (indices 0-3); list the ones to skip.
+    # Distilled positions are the backbone's pre-ReLU C2, C3, C4, C5 (indices 0-3; a MobileNetV2's four positions
+    # inside features[4], [7], [11], [17]); list the ones to skip.
     # (The original also listed P3-P7 as positions 4-8 and ignored them all; they are not distilled here.)
     cfg.MGD.IGNORE_INDS = []
     # Student-side norm layers: NaiveSyncBatchNorm when True, GroupNorm(32) otherwise (the original's choice).

@@ -1,7 +1,8 @@
 """Feature distillation of a detector's backbone through the library's one contract: ``mgd`` or ``ofd`` built by
-:func:`mgd.build_distiller` on the teacher's and the student's bottom-up ResNets, at the pre-ReLU C2-C5
-(the input of each stage's last ReLU: MGD's positions, and OFD's "pre-ReLU at the end of each stage",
-Heo et al. 2019, Sec. 3.3). Shared by every meta-architecture of :mod:`mgd_d2.meta_arch`."""
+:func:`mgd.build_distiller` on the teacher's and the student's bottom-up networks, at the pre-ReLU C2-C5 of a
+ResNet (the input of each stage's last ReLU: MGD's positions, and OFD's "pre-ReLU at the end of each stage",
+Heo et al. 2019, Sec. 3.3) or mgd's four MobileNetV2 positions (:mod:`mgd_d2.mobilenet`). Shared by every
+meta-architecture of :mod:`mgd_d2.meta_arch`."""
 from __future__ import annotations
 
 from typing import List
@@ -16,7 +17,7 @@ from mgd.base import float32_region
 from mgd.distillers import distiller_options
 from mgd.feature_distiller import PartialL2Distiller
 
-from .backbone import resnet_stage_specs
+from .backbone import stage_specs
 
 
 def build_feature_distiller(cfg, teacher_bottom_up: nn.Module, student_bottom_up: nn.Module) -> PartialL2Distiller:
@@ -27,7 +28,7 @@ def build_feature_distiller(cfg, teacher_bottom_up: nn.Module, student_bottom_up
     if len(factors) != 4:
         raise ValueError(f"MGD.LOSS_FACTORS needs 4 values (C2-C5), got {factors}")
     candidates = dict(
-        teacher_layers=resnet_stage_specs(teacher_bottom_up), student_layers=resnet_stage_specs(student_bottom_up),
+        teacher_layers=stage_specs(teacher_bottom_up), student_layers=stage_specs(student_bottom_up),
         own_networks=False, ignore_inds=list(cfg.MGD.IGNORE_INDS),
         stage_weights=[0.0 if f == 0 else 1.0 / f for f in factors],
         loss_factor="auto" if cfg.MGD.LOSS_FACTOR == "auto" else 1.0, loss_ratio=cfg.MGD.LOSS_RATIO,

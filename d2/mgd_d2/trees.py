@@ -15,7 +15,6 @@ inside (``MIN_VISIBLE``), so a tree cut by a tile border counts in the tile that
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import xml.etree.ElementTree as ET
@@ -25,6 +24,8 @@ from PIL import Image
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
+
+from mgd.engine import UserError, package_file
 
 TILE = 400
 MIN_VISIBLE = 0.5
@@ -36,15 +37,11 @@ Box = Tuple[float, float, float, float]
 
 
 def deepforest_data_dir() -> str:
-    """deepforest's ``data`` folder; RuntimeError saying how to install it when the package is missing."""
-    spec = importlib.util.find_spec("deepforest")
-    if spec is None or spec.origin is None:
-        raise RuntimeError("the aerial tree images ship with the deepforest package, which is not installed: "
-                           + INSTALL)
-    path = os.path.join(os.path.dirname(spec.origin), "data")
+    """deepforest's ``data`` folder; UserError saying how to install it when the package or a file is missing."""
+    path = package_file("deepforest", "data", f"the aerial tree images ship with it: {INSTALL}")
     missing = [n for n in TRAIN_IMAGES + VAL_IMAGES if not os.path.isfile(os.path.join(path, n + ".xml"))]
     if missing:
-        raise RuntimeError(f"deepforest's data folder {path} lacks {missing}: {INSTALL}")
+        raise UserError(f"deepforest's data folder {path} lacks {missing}: {INSTALL}")
     return path
 
 
@@ -87,7 +84,16 @@ def _image_file(data: str, stem: str) -> str:
 
 
 def write_tiles(stems: Sequence[str], out_dir: str, name: str, data: str) -> Dict[str, int]:
-    """Tile ``stems`` into ``out_dir/name/*.png`` and ``out_dir/name.json`` (COCO, one category "tree")."""
+    """Tile ``stems`` into ``out_dir/name/*.png`` and ``out_dir/name.json`` (COCO, one category "tree"), once: the
+    JSON is written last and records the recipe, so a later call (another run, reading the tiles meanwhile) finds
+    them complete and rewrites nothing."""
+    recipe = {"stems": list(stems), "tile": TILE, "min_visible": MIN_VISIBLE}
+    done = os.path.join(out_dir, name + ".json")
+    if os.path.isfile(done):
+        with open(done) as f:
+            coco = json.load(f)
+        if coco.get("info", {}).get("recipe") == recipe:
+            return {"images": len(coco["images"]), "boxes": len(coco["annotations"])}
     os.makedirs(os.path.join(out_dir, name), exist_ok=True)
     images, annotations = [], []
     for stem in stems:
@@ -105,8 +111,10 @@ def write_tiles(stems: Sequence[str], out_dir: str, name: str, data: str) -> Dic
                     annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": 1,
                                         "bbox": [bx0, by0, bx1 - bx0, by1 - by0], "area": (bx1 - bx0) * (by1 - by0),
                                         "iscrowd": 0})
-    with open(os.path.join(out_dir, name + ".json"), "w") as f:
-        json.dump({"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "tree"}]}, f)
+    with open(done + ".tmp", "w") as f:
+        json.dump({"info": {"recipe": recipe}, "images": images, "annotations": annotations,
+                   "categories": [{"id": 1, "name": "tree"}]}, f)
+    os.replace(done + ".tmp", done)
     return {"images": len(images), "boxes": len(annotations)}
 
 

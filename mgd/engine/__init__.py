@@ -15,6 +15,7 @@ from .launch import launch, run_cli, seed_everything, setup_logging, setup_proce
 from .logs import Meter, RunLog
 from .precision import Precision
 from .rundir import Diverged, check_output_dir, last_good_checkpoint, refuse_non_finite, start_output_dir
+from .shipped import package_file, shipped_mobilenet_v2_weights
 from .train import ReplicaStep, mean_terms, prepare_if_due, train_one_epoch, wrap_for_training
 
 __all__ = ["UserError", "launch", "run_cli", "worker_guard", "setup_process", "setup_logging", "seed_everything",
@@ -24,4 +25,4 @@ __all__ = ["UserError", "launch", "run_cli", "worker_guard", "setup_process", "s
            "epoch_loader", "eval_loader", "prepare_loader", "read_rgb_image", "image_folder", "UnreadableImage",
            "SkipUnreadable", "WithIndices",
            "train_one_epoch", "prepare_if_due", "wrap_for_training", "ReplicaStep", "mean_terms",
-           "restore_training_state", "resume_from"]
+           "restore_training_state", "resume_from", "package_file", "shipped_mobilenet_v2_weights"]

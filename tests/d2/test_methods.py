@@ -27,8 +27,11 @@ from mgd_d2 import FEATURE_METHODS, add_mgd_config, enable_stage_last_norm, teac
 from mgd_d2.config import check_method  # noqa: E402
 from toy import CONFIGS, make_cfg, tiny_opts  # noqa: E402
 
-# (meta-architecture, method, config): the R50 -> R18 configs; KD and DKD on the Faster R-CNN one.
+# (meta-architecture, method, config): the R50 -> R18 configs; KD and DKD on the Faster R-CNN one; MGD and OFD on
+# the MobileNetV2 pair.
 RUNS = [("retinanet", "mgd", "mgd_retinanet_R50_R18_FPN_1x.yaml"),
+        ("retinanet", "mgd", "mgd_retinanet_MV2_MV2x0.5_FPN_1x.yaml"),
+        ("retinanet", "ofd", "mgd_retinanet_MV2_MV2x0.5_FPN_1x.yaml"),
         ("retinanet", "ofd", "ofd_retinanet_R50_R18_FPN_1x.yaml"),
         ("faster_rcnn", "mgd", "mgd_faster_rcnn_R50_R18_FPN_1x.yaml"),
         ("faster_rcnn", "ofd", "ofd_faster_rcnn_R50_R18_FPN_1x.yaml"),
@@ -43,7 +46,12 @@ def _unwrap(model):
     return model.module if hasattr(model, "module") else model
 
 
-@pytest.fixture(scope="module", params=RUNS, ids=["-".join(r[:2]) for r in RUNS])
+def _deepest_conv(bottom_up):
+    """A conv before the last distilled position: a ResNet's res5 or a MobileNetV2's features[17] depthwise conv."""
+    return bottom_up.net.features[17].conv[1][0] if hasattr(bottom_up, "net") else bottom_up.res5[-1].conv2
+
+
+@pytest.fixture(scope="module", params=RUNS, ids=["-".join(r[:2]) + ("-MV2" if "MV2" in r[2] else "") for r in RUNS])
 def run(request, dataset, tmp_path_factory):
     arch, method, config = request.param
     out = tmp_path_factory.mktemp(f"{arch}_{method}")
@@ -92,7 +100,7 @@ def test_gradients_reach_the_student_and_the_distiller_not_the_teacher(run):
     assert all(p.grad is None for p in model.teacher.parameters())
     assert not model.teacher.training
     if method in FEATURE_METHODS:  # the backbone and the distiller's own layers (norms, connectors)
-        grad = model.student.backbone.bottom_up.res5[-1].conv2.weight.grad
+        grad = _deepest_conv(model.student.backbone.bottom_up).weight.grad
         own = [p for p in model.distiller.parameters()]
         assert own and all(p.grad is not None and p.grad.abs().sum() > 0 for p in own)
     else:  # the box head's classifier (and, through it, the backbone)
@@ -150,7 +158,9 @@ def test_eval_only_reports_the_students_ap_equal_to_the_exported_student(run, tm
 def test_stage_last_norms_are_trainable_groupnorms_trained_and_exported(run, tmp_path):
     """ENABLE_STAGE_LAST_NORM (the student configs): every norm of the last block of res2-res5 is a trainable
     GroupNorm(32), moved by training, in the exported student; the teacher keeps its FrozenBN."""
-    arch, method, _, cfg, trainer, out, initial = run
+    arch, method, config, cfg, trainer, out, initial = run
+    if "MV2" in config:
+        pytest.skip("ENABLE_STAGE_LAST_NORM is an option of the ResNet backbones")
     model = _unwrap(trainer.model)
     bottom_up = model.student.backbone.bottom_up
     names = [f"res{s}.1.conv{c}.norm" for s in (2, 3, 4, 5) for c in (1, 2)]
@@ -199,18 +209,25 @@ def test_every_distillation_config_names_its_method_pair_and_teacher(path):
     add_mgd_config(cfg)
     cfg.merge_from_file(path)
     cfg.MGD.CONFIG_DIR = CONFIGS
-    match = re.fullmatch(r"(mgd|ofd|kd|dkd)_(retinanet|faster_rcnn)_R(\d+)_R(\d+)_FPN_1x\.yaml", os.path.basename(path))
+    match = re.fullmatch(r"(mgd|ofd|kd|dkd)_(retinanet|faster_rcnn)_(R\d+|MV2)_(R\d+|MV2x0\.5)_FPN_1x\.yaml",
+                         os.path.basename(path))
     assert match, path
-    method, arch, teacher_depth, student_depth = match[1], match[2], int(match[3]), int(match[4])
+    method, arch, teacher, student = match[1], match[2], match[3], match[4]
     assert cfg.MGD.DISTILLER == method
     detector = {"retinanet": "RetinaNet", "faster_rcnn": "GeneralizedRCNN"}[arch]
     meta = {"retinanet": ("MGDRetinaNet", "DistillRetinaNet"), "faster_rcnn": ("DistillGeneralizedRCNN",)}[arch]
     assert cfg.MODEL.META_ARCHITECTURE in meta
     check_method(cfg, ("kd", "dkd") if arch == "faster_rcnn" else ())
-    assert teacher_config(cfg, detector).MODEL.RESNETS.DEPTH == teacher_depth
-    assert cfg.MODEL.RESNETS.DEPTH == student_depth
+    t_cfg = teacher_config(cfg, detector)
+    if teacher == "MV2":  # torchvision's MobileNetV2, width 1.0 -> 0.5; the student from scratch, BN trainable
+        assert "mobilenet_v2" in t_cfg.MODEL.BACKBONE.NAME and "mobilenet_v2" in cfg.MODEL.BACKBONE.NAME
+        assert (t_cfg.MODEL.MOBILENET_V2.WIDTH_MULT, cfg.MODEL.MOBILENET_V2.WIDTH_MULT) == (1.0, 0.5)
+        assert cfg.MODEL.MOBILENET_V2.NORM == "BN" and cfg.MODEL.BACKBONE.FREEZE_AT == 0
+        return
+    assert t_cfg.MODEL.RESNETS.DEPTH == int(teacher[1:])
+    assert cfg.MODEL.RESNETS.DEPTH == int(student[1:])
     assert cfg.MODEL.RESNETS.ENABLE_STAGE_LAST_NORM and cfg.MODEL.BACKBONE.FREEZE_AT == 1
-    assert not teacher_config(cfg, detector).MODEL.RESNETS.ENABLE_STAGE_LAST_NORM
+    assert not t_cfg.MODEL.RESNETS.ENABLE_STAGE_LAST_NORM
 
 
 def test_bad_method_for_the_architecture_is_one_clear_error(dataset, tmp_path):
