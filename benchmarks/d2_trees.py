@@ -3,7 +3,7 @@
 student with MGD (or OFD), on the aerial tree images that ship with PyPI deepforest (d2/mgd_d2/trees.py: 44
 training tiles of 400 x 400 from three images, 12 evaluation tiles of a held-out image).
 
-    OMP_NUM_THREADS=1 python benchmarks/d2_trees.py                     # one seed (about 40 min on one thread)
+    OMP_NUM_THREADS=2 python benchmarks/d2_trees.py                     # one seed: 27 min (about 45 on one thread)
     OMP_NUM_THREADS=1 python benchmarks/d2_trees.py --seeds 1 2         # more student seeds, the same teacher
     python benchmarks/d2_trees.py --iters 20 --teacher-iters 20         # a smoke run
 
