@@ -19,8 +19,8 @@ from torch import nn
 from mgd.checkpoint import atomic_save, deferred_signals
 from mgd.distillers import classifier_layer
 from mgd.engine import (Precision, RunLog, UserError, epoch_loader, eval_loader, last_good_checkpoint,
-                        load_checkpoint, plain_args, read_weights, refuse_non_finite, resume_from, save_checkpoints,
-                        seed_everything, setup_process, start_output_dir, train_one_epoch)
+                        load_backbone_weights, load_checkpoint, plain_args, read_weights, refuse_non_finite,
+                        resume_from, save_checkpoints, seed_everything, setup_process, start_output_dir, train_one_epoch)
 from mgd.engine.checkpoints import check_epochs_left
 
 from . import data as cdata
@@ -61,15 +61,7 @@ def load_backbone(model: nn.Module, state: Dict[str, torch.Tensor], what: str, p
     """Every tensor of ``state`` but the classifier's, strictly; the classifier is re-initialised
     (N(0, 0.01), 0), as for a linear evaluation or fine-tuning on other classes."""
     head, layer = classifier(model)
-    try:
-        result = model.load_state_dict({k: v for k, v in state.items() if not k.startswith(head)}, strict=False)
-    except RuntimeError as exc:  # shapes that differ
-        raise UserError(f"{what}: {path} does not fit {type(model).__name__} "
-                        f"({' '.join(str(exc).strip().splitlines()[:2])[:300]})") from None
-    missing = [k for k in result.missing_keys if not k.startswith(head)]
-    if missing or result.unexpected_keys:
-        raise UserError(f"{what}: {path} does not fit {type(model).__name__} (missing {missing[:3]}, "
-                        f"unexpected {result.unexpected_keys[:3]})")
+    load_backbone_weights(model, state, what, path, skip=(head,))
     nn.init.normal_(layer.weight, 0.0, 0.01)
     nn.init.zeros_(layer.bias)
 

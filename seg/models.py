@@ -93,15 +93,10 @@ def _load_backbone(net: nn.Module, path: Optional[str], strip: str = "") -> None
     ignored, ``strip`` is removed from the front of the others); strict otherwise."""
     if not path:
         return
-    from mgd.engine import UserError, read_weights
+    from mgd.engine import load_backbone_weights, read_weights
     state = {k[len(strip):] if strip and k.startswith(strip) else k: v
-             for k, v in read_weights(path, "--pretrained-backbone").items()
-             if not k.startswith(("fc.", "classifier."))}
-    result = net.load_state_dict(state, strict=False)
-    missing = [k for k in result.missing_keys if not k.startswith(("fc.", "classifier."))]
-    if missing or result.unexpected_keys:
-        raise UserError(f"--pretrained-backbone: {path} does not fit {type(net).__name__} (missing {missing[:3]}, "
-                        f"unexpected {result.unexpected_keys[:3]})")
+             for k, v in read_weights(path, "--pretrained-backbone").items()}
+    load_backbone_weights(net, state, "--pretrained-backbone", path, skip=("fc.", "classifier."))
 
 
 def _resnet_deeplab(depth: int) -> Callable[[int, Optional[str]], nn.Module]:

@@ -51,10 +51,21 @@ CHECKPOINT_NAMES = ("last.pth", "best.pth", "student.pth")
 #: The methods that work on dense (N, C, H, W) outputs: the feature methods at seg/positions.py's positions and
 #: pixel-wise KD. The others of mgd.DISTILLERS (nd, dkd, dist, crd, reviewkd) need image-level labels or a
 #: classifier embedding.
-METHODS = ["none", "mgd", "sm", "ofd", "kd", "at", "sp"]
+METHODS = ["mgd", "sm", "ofd", "kd", "at", "sp"]
+#: ``--distiller none``: train the model alone (teachers, baselines); parsed to None, written so in checkpoints.
+NO_METHOD = "none"
 #: OFD's segmentation loss factor (train_with_distillation.py: loss_distill.sum() / batch_size * 1e-5).
 OFD_SEG_LOSS_FACTOR = 1e5
 POLY_POWER = 0.9
+
+
+def method_arg(text: str) -> Optional[str]:
+    """--distiller: one of METHODS, or ``none`` -> None (no teacher, no distiller: the model trains alone)."""
+    if text == NO_METHOD:
+        return None
+    if text not in METHODS:
+        raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {', '.join([NO_METHOD] + METHODS)})")
+    return text
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -76,7 +87,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher-model", default="deeplabv3plus_resnet101", choices=MODEL_NAMES)
     p.add_argument("--teacher-resume", default="", metavar="PATH", help="teacher weights (a state dict or a "
                    "checkpoint of this script; loaded before the margins are computed)")
-    p.add_argument("--distiller", default="none", choices=METHODS, help="none: train the model alone")
+    p.add_argument("--distiller", default=None, type=method_arg, metavar="{" + ",".join([NO_METHOD] + METHODS) + "}",
+                   help="none (default): train the model alone")
     p.add_argument("--distill-positions", default="all", help="backbone, head, all, or a comma-separated list of "
                    "stage1..stage4, aspp, decoder (seg/README.md)")
     p.add_argument("-j", "--workers", default=4, type=non_negative_int, help="data loading workers per process")
@@ -117,7 +129,7 @@ def get_parser() -> argparse.ArgumentParser:
 
 def reducer(args) -> Optional[str]:
     """MGD's channel reducer for this run (the flag or the method's default); None for other methods."""
-    if args.distiller == "none":
+    if args.distiller is None:
         return None
     return distiller_options_from_args(args.distiller, args).get("reducer", option_default(args.distiller, "reducer"))
 
@@ -133,17 +145,17 @@ def finish_args(args: argparse.Namespace) -> argparse.Namespace:
     if args.dataset == "folder":
         for split in ("train", "val"):
             sdata.folder_pairs(args.data, split)
-    if args.distiller != "none" and not args.teacher_resume and not args.evaluate:
+    if args.distiller is not None and not args.teacher_resume and not args.evaluate:
         raise UserError(f"--distiller {args.distiller} needs the teacher's weights: --teacher-resume PATH (train one "
                         "with --distiller none)")
-    if args.loss_factor is not None and (args.distiller == "none" or
+    if args.loss_factor is not None and (args.distiller is None or
                                          "loss_factor" not in distiller_options(args.distiller)):
-        raise UserError(f"--loss-factor has no meaning for --distiller {args.distiller}: it scales the partial-L2 "
-                        "methods (mgd, sm, ofd)")
+        raise UserError(f"--loss-factor has no meaning for --distiller {args.distiller or NO_METHOD}: it scales the "
+                        "partial-L2 methods (mgd, sm, ofd)")
     args.crop_size = args.crop_size or sdata.DEFAULT_CROP[args.dataset]
     if args.output_dir is None:
         name = os.path.basename(os.path.normpath(args.data)) or "data"
-        tag = [] if args.distiller == "none" else [args.distiller] + ([reducer(args)] if reducer(args) else [])
+        tag = [m for m in (args.distiller, reducer(args)) if m]
         args.output_dir = os.path.join("output", ".".join([name, args.model] + tag))
     if not args.evaluate:
         check_output_dir(args.output_dir, CHECKPOINT_NAMES, args.resume, args.overwrite,
@@ -240,7 +252,7 @@ def worker(local_rank: int, args) -> None:
     if args.distributed and args.sync_bn:
         student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
     student.to(device)
-    distiller = build_distiller(args, teacher, student).to(device) if args.distiller != "none" else None
+    distiller = build_distiller(args, teacher, student).to(device) if args.distiller else None
     module = distiller if distiller is not None else student
     precision.prepare_model(module)
     params = distiller.get_learnable_parameters() if distiller is not None else list(student.parameters())
@@ -251,9 +263,9 @@ def worker(local_rank: int, args) -> None:
     start_epoch, best = 0, 0.0
     if args.resume:
         ckpt = load_checkpoint(args.resume, ("student", "epoch", "optimizer", "best_miou", "method"))
-        if ckpt["method"] != args.distiller:
+        if ckpt["method"] != (args.distiller or NO_METHOD):
             raise UserError(f"--resume: {args.resume} was written with --distiller {ckpt['method']}, this run has "
-                            f"--distiller {args.distiller}")
+                            f"--distiller {args.distiller or NO_METHOD}")
         check_resume_matches(ckpt, args.resume, model=args.model)
         start_epoch = resume_from(ckpt, args.resume, student, "student", optimizer, precision, None, distiller,
                                   args.epochs, num_classes=num_classes, **same)
@@ -317,9 +329,10 @@ def worker(local_rank: int, args) -> None:
                                                                    if extra else {})},
                           epoch, args.output_dir, resumed_from=args.resume, val_loss=val["loss"])
         if args.rank == 0:
-            ckpt = {"epoch": epoch + 1, "model": args.model, "num_classes": num_classes, "method": args.distiller,
-                    "student": student.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scaler": precision.state_dict(), "best_miou": best, "args": plain_args(args), **extra, **same}
+            ckpt = {"epoch": epoch + 1, "model": args.model, "num_classes": num_classes,
+                    "method": args.distiller or NO_METHOD, "student": student.state_dict(),
+                    "optimizer": optimizer.state_dict(), "scaler": precision.state_dict(), "best_miou": best,
+                    "args": plain_args(args), **extra, **same}
             with deferred_signals():
                 save_checkpoints(ckpt, args.output_dir, ["last.pth"] + (["best.pth"] if is_best else []))
                 atomic_save(student.state_dict(), os.path.join(args.output_dir, "student.pth"))

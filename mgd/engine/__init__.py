@@ -6,7 +6,7 @@ loaders, one training epoch and the distiller's prepare step.
 the library stays free of argparse, printing and ``sys.exit``.
 """
 from .args import ArgumentParser, add_launch_arguments, add_precision_arguments, add_run_arguments
-from .checkpoints import (load_checkpoint, plain_args, read_weights, restore_training_state, resume_from,
+from .checkpoints import (load_backbone_weights, load_checkpoint, plain_args, read_weights, restore_training_state, resume_from,
                           save_checkpoints)
 from .data import (SkipUnreadable, UnreadableImage, WithIndices, epoch_loader, eval_loader, image_folder,
                    prepare_loader, read_rgb_image, shard)
@@ -21,7 +21,7 @@ from .train import ReplicaStep, mean_terms, prepare_if_due, train_one_epoch, wra
 __all__ = ["UserError", "launch", "run_cli", "worker_guard", "setup_process", "setup_logging", "seed_everything",
            "ArgumentParser", "add_launch_arguments", "add_precision_arguments", "add_run_arguments", "Precision",
            "RunLog", "Meter", "check_output_dir", "start_output_dir", "Diverged", "refuse_non_finite",
-           "last_good_checkpoint", "save_checkpoints", "load_checkpoint", "read_weights", "plain_args", "shard",
+           "last_good_checkpoint", "save_checkpoints", "load_checkpoint", "load_backbone_weights", "read_weights", "plain_args", "shard",
            "epoch_loader", "eval_loader", "prepare_loader", "read_rgb_image", "image_folder", "UnreadableImage",
            "SkipUnreadable", "WithIndices",
            "train_one_epoch", "prepare_if_due", "wrap_for_training", "ReplicaStep", "mean_terms",

