@@ -20,7 +20,8 @@ from mgd.checkpoint import atomic_save, deferred_signals
 from mgd.distillers import classifier_layer
 from mgd.engine import (Precision, RunLog, UserError, epoch_loader, eval_loader, last_good_checkpoint,
                         load_backbone_weights, load_checkpoint, plain_args, read_weights, refuse_non_finite,
-                        resume_from, save_checkpoints, seed_everything, setup_process, start_output_dir, train_one_epoch)
+                        resume_from, save_checkpoints, seed_everything, setup_process, start_output_dir,
+                        train_one_epoch)
 from mgd.engine.checkpoints import check_epochs_left
 
 from . import data as cdata
