@@ -245,20 +245,6 @@ class MGDistiller(PartialL2Distiller):
         """Per stage, the 1-D LongTensor of length g*sc: entry k*sc + j is the k-th teacher channel of student j."""
         return [getattr(self, f"guided_inds{i + 1}") for i in range(len(self.t_channels))]
 
-    @guided_inds.setter
-    def guided_inds(self, values: Sequence[torch.Tensor]) -> None:
-        for buf, value in zip(self.guided_inds, values):
-            buf.copy_(torch.as_tensor(value, dtype=torch.long))
-
-    def matching_state_dict(self) -> dict:
-        """The distiller's own state without the two networks' weights: margins, guided indices, the
-        student-side norm layers and the update count (what a checkpoint needs beside the student)."""
-        return self.own_state_dict()
-
-    def load_matching_state_dict(self, state: dict) -> None:
-        """Inverse of :meth:`matching_state_dict`; every non-network key must be present."""
-        self.load_own_state_dict(state)
-
     def load_own_state_dict(self, state: Dict[str, torch.Tensor]) -> None:
         """Inverse of :meth:`own_state_dict`; RuntimeError naming the stage when ``state`` was saved with
         other ignored stages, stage weights, reducer or networks (see :meth:`check_state_fits`)."""

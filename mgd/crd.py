@@ -65,9 +65,6 @@ class CRDDistiller(Distiller):
         self.register_buffer("log_z", torch.full((2,), float("nan")))  # log Z of the student's, teacher's scores
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
 
-    def memory_bytes(self) -> int:
-        return self.memory_s.numel() * self.memory_s.element_size() * 2
-
     def forward_train(self, images, target=None, indices: Optional[torch.Tensor] = None):
         if self.needs_indices and indices is None:
             raise ValueError("crd's memory bank needs each sample's dataset index: forward_train(images, target, "

@@ -1,20 +1,16 @@
 """Process-group helpers shared by the library and every application.
 
-The library only needs "am I distributed, which rank, all-reduce, broadcast"; applications also need to
-set the group up from torchrun / SLURM variables or from a spawned worker. Everything here is a no-op in a
-single process, so code calls it unconditionally.
+The library only needs "am I distributed, which rank, all-reduce, broadcast" (the applications set the group
+up in mgd.engine). Everything here is a no-op in a single process, so code calls it unconditionally.
 """
 from __future__ import annotations
-
-import os
-from typing import Optional
 
 import torch
 import torch.distributed as dist
 
 __all__ = [
     "any_rank", "is_distributed", "get_rank", "get_world_size", "is_main_process", "all_reduce_sum", "broadcast",
-    "barrier", "init_process_group", "default_backend", "same_on_all_ranks", "all_gather_cat",
+    "default_backend", "same_on_all_ranks", "all_gather_cat",
 ]
 
 
@@ -89,30 +85,6 @@ def same_on_all_ranks(tensors) -> bool:
     return bool(lo.item() == hi.item())
 
 
-def barrier() -> None:
-    if is_distributed():
-        dist.barrier()
-
-
 def default_backend() -> str:
     """nccl when CUDA is usable, gloo otherwise (CPU runs and tests)."""
     return "nccl" if torch.cuda.is_available() and dist.is_nccl_available() else "gloo"
-
-
-def init_process_group(rank: Optional[int] = None, world_size: Optional[int] = None,
-                       init_method: str = "env://", backend: Optional[str] = None) -> bool:
-    """Join a process group, reading RANK / WORLD_SIZE (torchrun) or SLURM_PROCID / SLURM_NTASKS when not given.
-
-    Returns False (and does nothing) when the world has a single process, True once the group is up.
-    """
-    if rank is None:
-        rank = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", 0)))
-    if world_size is None:
-        world_size = int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", 1)))
-    if world_size <= 1:
-        return False
-    if not dist.is_available():
-        raise RuntimeError("torch.distributed is not available in this torch build")
-    dist.init_process_group(backend=backend or default_backend(), init_method=init_method,
-                            world_size=world_size, rank=rank)
-    return True

@@ -27,7 +27,7 @@ import torch
 from . import distributed as mdist
 
 __all__ = ["match_channels", "batch_cost_sum", "CostTracker", "SOLVERS", "MatchReport", "random_assignment_cost",
-           "matched_cost", "student_of_teacher", "changed_fraction", "assignment_order"]
+           "matched_cost", "student_of_teacher", "changed_fraction", "assignment_order", "canonical_order"]
 
 logger = logging.getLogger("mgd")
 
@@ -101,7 +101,9 @@ def match_channels(cost: Union[np.ndarray, torch.Tensor], solver: str = "ortools
     """Exact matching of teacher channels to student channels for an (sc, tc) cost.
 
     Returns a 1-D LongTensor of length ``groups * sc`` (default groups = tc // sc) whose entry k*sc + j
-    is the k-th teacher channel of student channel j; all entries are distinct. ``groups=1`` gives the
+    is the k-th teacher channel of student channel j; all entries are distinct. The indices are in
+    :func:`canonical_order` (each student channel's teacher channels ascending over k), so both solvers give
+    the same indices for the same cost wherever the optimum is unique up to the order within the groups. ``groups=1`` gives the
     sparse matching (one teacher channel per student channel). ``solver`` is "ortools" (default) or
     "scipy"; both are exact.
     """
@@ -126,7 +128,24 @@ def match_channels(cost: Union[np.ndarray, torch.Tensor], solver: str = "ortools
         raise ValueError(f"groups must be between 1 and tc // sc = {max_groups}, got {groups}")
     tiled = np.tile(cost, (groups, 1))  # row k*sc + j is student channel j
     solve = _solve_rows_ortools if solver == "ortools" else _solve_rows_scipy
-    return torch.from_numpy(solve(tiled))
+    return torch.from_numpy(canonical_order(solve(tiled), sc))
+
+
+def canonical_order(inds: np.ndarray, num_student: int) -> np.ndarray:
+    """The one order of an assignment's indices that does not depend on the solver: within each student
+    channel, its g teacher channels ascending (entry k*sc + j is the k-th smallest teacher channel of student j).
+
+    The g rows of the tiled (g*sc, tc) problem that belong to one student channel are interchangeable, so every
+    optimum comes with g! equivalent ones per student channel that differ only in which teacher channel sits in
+    group k. Which of them a solver returns depends on its tie-breaking, and so on the last bits of the cost
+    (another CPU's float kernels): the ``amp``, ``sp`` and ``sm`` reducers are symmetric over the group, but
+    ``rd`` picks the channel at a random group position, so its loss changed with the machine. Sorting each
+    student's channels fixes the order; the set of teacher channels of every student channel, the matched cost
+    and every reducer's distribution are unchanged.
+    """
+    inds = np.asarray(inds, dtype=np.int64)
+    groups = inds.size // num_student
+    return np.ascontiguousarray(np.sort(inds.reshape(groups, num_student), axis=0).reshape(-1))
 
 
 def matched_cost(cost: torch.Tensor, inds: torch.Tensor) -> float:

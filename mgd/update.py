@@ -47,9 +47,9 @@ def mgd_update(loader: Iterable, distiller: nn.Module, max_images: Optional[int]
     detection inputs; it should call ``distiller.track_running_stats(teacher_feats, student_feats)``.
 
     The networks run with autocast switched off (float32) during the pass, even when the caller is inside
-    an enabled ``torch.autocast``: half-precision features change which channels match (measured: three of
-    four stages of ResNet-50 -> MobileNetV2 under autocast), so the matching would depend on the training's
-    precision flags. ``track_in_autocast=True`` keeps the caller's autocast (faster, other indices); None
+    an enabled ``torch.autocast``: half-precision features change which channels match (measured under
+    bfloat16: 53, 152 and 440 teacher channels of the three distilled stages of ResNet-50 -> MobileNetV2
+    got another student), so the matching would depend on the training's precision flags. ``track_in_autocast=True`` keeps the caller's autocast (faster, other indices); None
     takes the distiller's ``track_in_autocast`` setting (False unless it was built with True).
     """
     d = unwrap(distiller)

@@ -240,3 +240,14 @@ def test_the_same_seed_starts_every_method_from_the_same_student(image_folder, t
     assert all(torch.equal(alone[k], after_teacher[k]) for k in alone)
     args.seed = 4
     assert not torch.equal(build_student(args, 3).state_dict()["conv1.weight"], alone["conv1.weight"])
+
+
+def test_reviewkd_drops_a_last_batch_of_one_that_its_deepest_fusion_cannot_train(image_folder, teacher_weights,
+                                                                                 tmp_path):
+    """48 training images in batches of 47 leave a last batch of one. ReviewKD's deepest ABF normalises 1x1 maps
+    in training mode, which a single image cannot do ("Expected more than 1 value per channel"), so its loader
+    drops that batch and the epoch trains."""
+    argv = common(image_folder, tmp_path / "reviewkd") + ["--teacher-arch", TEACHER, "--teacher-resume",
+                                                          teacher_weights, "-b", 47, "--distiller", "reviewkd"]
+    run("main_mgd.py", *argv)
+    assert [r["epoch"] for r in records(tmp_path / "reviewkd") if "epoch" in r] == [0]

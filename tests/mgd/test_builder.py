@@ -1,5 +1,6 @@
 import logging
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -19,9 +20,9 @@ def _pair(bottleneck_teacher=True, **kwargs):
     return mgd.MGDistiller(teacher, student, **kwargs)
 
 
-def _data(n=8, seed=1):
+def _data(n=8, seed=1, size=32):
     gen = torch.Generator().manual_seed(seed)
-    return torch.randn(n, 3, 32, 32, generator=gen)
+    return torch.randn(n, 3, size, size, generator=gen)
 
 
 def test_original_api_verbatim_with_protocol_models():
@@ -248,20 +249,25 @@ def test_spatial_mismatch_names_the_stage():
         mgd_update([_data()], d)
 
 
-def test_sparse_matching_keeps_one_teacher_channel_per_student_channel():
-    x = _data()
-    same = _pair(reducer="sm")
-    sm = mgd.builder.SMDistiller(same.t_net, same.s_net)
-    sm.BNs.load_state_dict(same.BNs.state_dict())
-    mgd_update([x], sm)
-    mgd_update([x], same)
+def test_sparse_matching_is_the_originals_padded_square_assignment():
+    """The original's sparse matching pads the (sc, tc) cost with rows of a huge cost to a (tc, tc) square, solves
+    it and keeps the first sc rows' teacher channels: one teacher channel per student channel. Solved that way
+    here with scipy, from the saved costs, it gives SMDistiller's indices."""
+    from scipy.optimize import linear_sum_assignment
+
+    sm = mgd.builder.SMDistiller(randomize_bn(tiny_resnet(True)), tiny_resnet(False))
+    mgd_update([_data(size=64)], sm)  # 64 px: no 1x1 stage, whose costs are all ties
+    artifacts = sm.prepare_artifacts()
     assert [g.numel() for g in sm.guided_inds] == [64, 128, 256, 512]
-    for inds, ref, tc in zip(sm.guided_inds, same.guided_inds, [256, 512, 1024, 2048]):
-        assert inds.unique().numel() == inds.numel() and int(inds.max()) < tc
-        assert torch.equal(inds, ref)
-    torch.testing.assert_close(sm(x)[1], same(x)[1])  # the reference formula of "sm" is tested above
+    for stage, (inds, tc) in enumerate(zip(sm.guided_inds, [256, 512, 1024, 2048])):
+        cost = artifacts[f"stage{stage}_cost"].double().numpy()
+        sc = cost.shape[0]
+        square = np.vstack([cost, np.full((tc - sc, tc), 1e6)])
+        rows, cols = linear_sum_assignment(square)
+        original = cols[np.argsort(rows)][:sc]
+        assert inds.tolist() == original.tolist(), stage
     with pytest.raises(ValueError, match="sm"):
-        mgd.builder.SMDistiller(same.t_net, same.s_net, reducer="amp")
+        mgd.builder.SMDistiller(sm.t_net, sm.s_net, reducer="amp")
 
 
 def test_detection_mode_adds_loss_to_the_student_dict_and_uses_group_norm():
@@ -282,13 +288,30 @@ def test_detection_mode_adds_loss_to_the_student_dict_and_uses_group_norm():
     assert set(losses) == {"loss_cls", "loss_distill"} and losses["loss_distill"] is loss
 
 
-def test_mgd_update_accepts_the_original_third_argument():
+def test_mgd_update_accepts_the_original_third_argument_as_its_cap_of_20000_images(monkeypatch):
+    """The original's mgd_update(loader, model, args) stopped its tracking pass after 20000 images ("break for
+    ImageNet-1K"); the third argument means that cap, whatever the args hold. Measured with the cap lowered to 8
+    (4-image batches: 2 of the 10 are tracked), and the constant is the original's."""
+    from mgd import update
+
     class Args:
         batch_size = 4
 
+    assert update.LEGACY_MAX_IMAGES == 20000
+    monkeypatch.setattr(update, "LEGACY_MAX_IMAGES", 8)
+    seen = []
+
+    def loader():
+        for i in range(10):
+            seen.append(i)
+            yield _data(4, seed=i)
+
     d = _pair()
-    mgd_update([_data()], d, Args())
-    assert int(d.num_updates) == 1
+    mgd_update(loader(), d, Args())
+    assert seen == [0, 1] and int(d.num_updates) == 1
+    seen.clear()
+    mgd_update(loader(), d)  # no cap: the whole loader
+    assert seen == list(range(10)) and int(d.num_updates) == 2
 
 
 def test_torchvision_pair_without_arguments():
@@ -324,19 +347,19 @@ def test_extra_distributed_sampler_gives_every_rank_the_same_order():
     assert list(a) != list(b)
 
 
-def test_matching_state_dict_excludes_networks_and_round_trips():
+def test_own_state_dict_excludes_networks_and_round_trips():
     d = _pair()
     x = _data()
     mgd_update([x], d)
-    state = d.matching_state_dict()
+    state = d.own_state_dict()
     assert not any(k.startswith(("t_net.", "s_net.")) for k in state)
     assert {"margin1", "guided_inds4", "num_updates", "BNs.0.weight"} <= set(state)
     fresh = _pair()
-    fresh.load_matching_state_dict(state)
+    fresh.load_own_state_dict(state)
     d.eval(); fresh.eval()
     torch.testing.assert_close(d(x)[1], fresh(x)[1])
     with pytest.raises(RuntimeError, match="missing"):
-        fresh.load_matching_state_dict({k: v for k, v in state.items() if k != "guided_inds2"})
+        fresh.load_own_state_dict({k: v for k, v in state.items() if k != "guided_inds2"})
 
 
 def test_trainable_view_holds_student_and_norms_only():

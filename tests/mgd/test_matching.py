@@ -213,3 +213,61 @@ def test_reports_are_the_same_on_every_rank(tmp_path):
     for a, b in zip(first, second):
         assert a[:4] == b[:4] and torch.equal(a[4], b[4]) and torch.equal(a[5], b[5])
     assert first[0][2] is None and first[1][2] is not None
+
+
+def _planted_cost(sc, tc, groups, seed):
+    """An integer-valued (sc, tc) cost full of ties whose optimum is unique up to the order within the groups:
+    a planted assignment (each student channel `groups` teacher channels) costs 0, every other entry 1..3."""
+    rng = np.random.default_rng(seed)
+    cost = rng.integers(1, 4, size=(sc, tc)).astype(np.float64)
+    teachers = rng.permutation(tc)[:groups * sc]
+    cost[np.arange(groups * sc) % sc, teachers] = 0.0
+    planted = [sorted(teachers[j::sc].tolist()) for j in range(sc)]
+    return cost, planted
+
+
+def _last_bit_perturbed(cost, rng):
+    """The same cost with a random third of its entries moved by one unit in the last place, up or down."""
+    out = cost.copy()
+    moved = rng.random(cost.shape) < 1 / 3
+    up = rng.random(cost.shape) < 0.5
+    out[moved & up] = np.nextafter(out[moved & up], np.inf)
+    out[moved & ~up] = np.nextafter(out[moved & ~up], -np.inf)
+    return out
+
+
+@pytest.mark.parametrize("sc,tc", [(4, 12), (8, 32), (5, 13), (16, 64)])
+def test_ties_and_last_bit_noise_give_the_same_canonical_indices_from_both_solvers(sc, tc):
+    """The g! equivalent optima per student channel (which copy of the tiled row is group k) are resolved into one
+    order, each student's teacher channels ascending, whatever the solver and the last bits of the cost."""
+    g = tc // sc
+    cost, planted = _planted_cost(sc, tc, g, seed=sc * tc)
+    expected = [planted[j][k] for k in range(g) for j in range(sc)]
+    rng = np.random.default_rng(0)
+    for trial in range(6):
+        noisy = cost if trial == 0 else _last_bit_perturbed(cost, rng)
+        for solver in ("ortools", "scipy"):
+            assert match_channels(noisy, solver=solver).tolist() == expected, (solver, trial)
+
+
+def test_a_cost_tiled_from_a_smaller_one_gives_each_student_all_copies_of_its_channel_in_ascending_order():
+    """Teacher channels c, c + 4, c + 8 are exact copies: every student takes the three copies of its cheapest
+    channel, in one order from both solvers, also with the rows shuffled and the last bits moved."""
+    base = np.array([[0.0, 2, 1, 3], [1, 0, 2, 3], [3, 1, 0, 2], [2, 3, 1, 0]]) + 0.25  # unique optimum: diagonal
+    cost = np.tile(base, (1, 3))
+    rng = np.random.default_rng(1)
+    for trial in range(5):
+        noisy = cost if trial == 0 else _last_bit_perturbed(cost, rng)
+        for solver in ("ortools", "scipy"):
+            inds = match_channels(noisy, solver=solver).view(3, 4)
+            assert inds.t().tolist() == [[j, j + 4, j + 8] for j in range(4)], (solver, trial)
+
+
+def test_canonical_order_sorts_each_students_channels_and_keeps_their_sets():
+    from mgd.matching import canonical_order
+
+    inds = np.array([9, 2, 7, 1, 4, 8, 3, 0, 6])  # sc = 3: student 0 has 9, 1, 3; student 1: 2, 4, 0; 2: 7, 8, 6
+    out = canonical_order(inds, 3)
+    assert out.tolist() == [1, 0, 6, 3, 2, 7, 9, 4, 8]
+    assert student_of_teacher(torch.from_numpy(out), 3, 10).tolist() == \
+        student_of_teacher(torch.from_numpy(inds), 3, 10).tolist()

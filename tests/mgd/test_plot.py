@@ -31,11 +31,11 @@ def run_dir(tmp_path_factory):
     for epoch in range(2):
         prepare_if_due(d, epoch, batches.__getitem__, log)
     log.close()
-    return out, d
+    return out, d, batches[1][0]
 
 
 def test_plot_writes_pngs_of_the_expected_size_from_a_small_runs_log(run_dir, capsys):
-    out, d = run_dir
+    out, d, _ = run_dir
     assert plot.main([str(out)]) == 0
     names = ["matching_cost", "matching_stability"] + [f"matching_matrix_stage{i}" for i in range(4)]
     assert capsys.readouterr().out.split() == [str(out / f"{n}.png") for n in names]
@@ -51,19 +51,32 @@ def test_plot_writes_pngs_of_the_expected_size_from_a_small_runs_log(run_dir, ca
 
 
 def test_the_last_matching_is_saved_loadable_with_weights_only(run_dir):
-    out, d = run_dir
+    """The saved matrices are the costs of the last update's images, recomputed here with the original's formula
+    (per image, 2 - 2 <S_s, T_t> of L2-normalised channels, then the mean), and the summary's numbers are theirs."""
+    out, d, last_batch = run_dir
     state = torch.load(out / plot.MATCHING_FILE, weights_only=True)
     assert int(state["num_updates"]) == 2
+    d.eval()
+    t_feats, _, s_feats, _ = d.run_networks(last_batch)
+    summary = d.prepare_summary()
     for i in range(4):
         cost, inds = state[f"stage{i}_cost"], state[f"stage{i}_guided_inds"]
         assert cost.dtype == torch.float32 and cost.shape == (d.s_channels[i], d.t_channels[i])
         assert torch.equal(inds, d.guided_inds[i])
-        assert cost.mean().item() == pytest.approx(d.prepare_summary()[f"stage{i}_random_cost"], abs=1e-5)
+        s = torch.nn.functional.normalize(s_feats[i].detach().flatten(2), dim=2)
+        t = torch.nn.functional.normalize(t_feats[i].detach().flatten(2), dim=2)
+        expected = (2 - 2 * torch.bmm(s, t.transpose(1, 2))).mean(0)
+        torch.testing.assert_close(cost, expected, rtol=0, atol=1e-5)
+        sc = cost.shape[0]
+        matched = [expected[r % sc, c].item() for r, c in enumerate(inds.tolist())]
+        assert summary[f"stage{i}_matched_cost"] == pytest.approx(sum(matched) / len(matched), abs=1e-5)
+        assert summary[f"stage{i}_random_cost"] == pytest.approx(expected.double().sum().item() / expected.numel(),
+                                                                 abs=1e-5)
 
 
 def test_matching_events_reach_tensorboard_as_scalars_and_figures(run_dir):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    out, _ = run_dir
+    out, _, _ = run_dir
     events = EventAccumulator(str(out / "tb"), size_guidance={"images": 0, "scalars": 0})
     events.Reload()
     scalars, images = events.Tags()["scalars"], events.Tags()["images"]
@@ -76,7 +89,7 @@ def test_matching_events_reach_tensorboard_as_scalars_and_figures(run_dir):
 
 
 def test_plot_out_folder_and_curves_without_the_matrices(run_dir, tmp_path):
-    out, _ = run_dir
+    out, _, _ = run_dir
     only_log = tmp_path / "only_log"
     only_log.mkdir()
     (only_log / "log.jsonl").write_text((out / "log.jsonl").read_text() + '{"event": "matching", "before')  # torn

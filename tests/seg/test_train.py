@@ -1,5 +1,6 @@
 """seg/train.py end to end on the tiny generated folder set: every method, resume, DDP, user errors."""
 import math
+import os
 import re
 
 import numpy as np
@@ -18,6 +19,37 @@ def train_here(*argv):
     seg_train.main([str(a) for a in argv])
 
 
+def hand_iou(data, student, num_classes=3):
+    """Per-class IoU and mIoU in percent of the saved ``student`` over DATA/val, computed here from the files:
+    ImageNet-normalised pixels at full size, a numpy confusion matrix without the 255 pixels, IoU =
+    TP / (TP + FP + FN), the mean over the classes labelled or predicted."""
+    model = build_model("deeplabv3plus_resnet18", num_classes)
+    model.load_state_dict(torch.load(student, weights_only=True))
+    model.eval()
+    mean, std = np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224, 0.225], np.float32)
+    confusion = np.zeros((num_classes, num_classes), np.int64)
+    for name in sorted(os.listdir(data / "val" / "images")):
+        pixels = np.asarray(Image.open(data / "val" / "images" / name).convert("RGB"), np.float32) / 255
+        image = torch.from_numpy(((pixels - mean) / std).transpose(2, 0, 1).copy())[None]
+        label = np.asarray(Image.open(data / "val" / "labels" / name), np.int64)
+        with torch.no_grad():
+            predicted = model(image).argmax(1)[0].numpy()
+        keep = label != 255
+        np.add.at(confusion, (label[keep], predicted[keep]), 1)
+    hits = np.diag(confusion)
+    union = confusion.sum(0) + confusion.sum(1) - hits
+    iou = [100.0 * h / u if u else None for h, u in zip(hits, union)]
+    defined = [v for v in iou if v is not None]
+    return iou, sum(defined) / len(defined)
+
+
+def assert_logged_miou_is_the_students(epoch, data, out):
+    """The epoch's logged mIoU and per-class IoU are those of the student it saved, computed by hand."""
+    iou, miou = hand_iou(data, out / "student.pth")
+    assert epoch["miou"] == pytest.approx(miou, abs=1e-9)
+    assert epoch["iou"] == [None if v is None else pytest.approx(v, abs=1e-4) for v in iou]
+
+
 def user_error(capsys, *argv):
     """Run through the command line's convention; the one stderr line of a UserError (exit code 2)."""
     capsys.readouterr()  # what earlier runs wrote
@@ -32,7 +64,8 @@ def test_plain_run_logs_miou_and_exports_the_model(seg_folder, tmp_path, capsys)
     out = tmp_path / "plain"
     train_here(*common(seg_folder, out))
     (epoch,) = [r for r in records(out) if "epoch" in r]
-    assert 0 <= epoch["miou"] <= 100 and epoch["train_ce"] > 0 and len(epoch["iou"]) == 3
+    assert epoch["train_ce"] > 0 and len(epoch["iou"]) == 3
+    assert_logged_miou_is_the_students(epoch, seg_folder, out)
     assert math.isfinite(epoch["val_loss"]) and epoch["lr"] == pytest.approx(0.02)
     ckpt = torch.load(out / "last.pth", weights_only=True)
     assert ckpt["epoch"] == 1 and ckpt["method"] == "none" and ckpt["num_classes"] == 3
@@ -63,7 +96,7 @@ def test_one_epoch_of_each_method(method, seg_folder, seg_teacher, tmp_path):
     recs = records(out)
     (epoch,) = [r for r in recs if "epoch" in r]
     assert epoch[f"train_{term}"] > 0 and math.isfinite(epoch[f"train_{term}"]) and epoch["train_ce"] > 0
-    assert 0 <= epoch["miou"] <= 100
+    assert_logged_miou_is_the_students(epoch, seg_folder, out)
     ckpt = torch.load(out / "last.pth", weights_only=True)
     assert ckpt["method"] == flags[1] and isinstance(ckpt["distiller"], dict)
     if flags[1] in ("mgd", "sm"):

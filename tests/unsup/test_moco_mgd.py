@@ -1,5 +1,6 @@
 """MoCo-v2 against its definitions, and the MoCo + MGD script end to end (2 gloo processes)."""
 import json
+import logging
 import math
 import os
 import shutil
@@ -10,7 +11,11 @@ import torch.nn.functional as F
 import torchvision
 from PIL import Image
 
+from mgd.engine import UnreadableImage
+from mgd.engine import data as engine_data
+from mgd.engine.data import epoch_order
 from scripts import run_script
+from unsup import main_moco_mgd
 from unsup.moco import MoCo
 
 
@@ -128,9 +133,16 @@ def test_two_epochs_ddp_two_processes_then_resume(data, tmp_path):
     assert int(ckpt["distiller"]["prepared_epoch"]) == 1
     assert float(ckpt["distiller"]["calibrated_loss_factor"]) == pytest.approx(factor, rel=1e-6)
     assert {"encoder_q.conv1.weight", "encoder_k.conv1.weight", "queue", "queue_ptr"} <= set(ckpt["state_dict"])
+    # student_backbone.pth is the trained query encoder without its projection head: a plain resnet18 lacks only
+    # its classifier (fc) and gets the checkpoint's encoder_q weights, not the key encoder's
     backbone = torch.load(out / "student_backbone.pth", weights_only=True)
-    torchvision.models.resnet18().load_state_dict(backbone, strict=False)
-    assert not any(k.startswith("fc.") for k in backbone)
+    plain = torchvision.models.resnet18()
+    result = plain.load_state_dict(backbone, strict=False)
+    assert sorted(result.missing_keys) == ["fc.bias", "fc.weight"] and result.unexpected_keys == []
+    for key, value in plain.state_dict().items():
+        if not key.startswith("fc."):
+            assert torch.equal(value, ckpt["state_dict"]["encoder_q." + key]), key
+    assert not all(torch.equal(value, ckpt["state_dict"]["encoder_k." + key]) for key, value in backbone.items())
     run(*args_for(data, out, epochs=3), "--resume", out / "checkpoint_last.pth.tar", "--mgd-update-epochs", 5,
         "--amp", "--loss-factor", "auto", "--loss-ratio", 2)
     with open(out / "log.jsonl") as f:
@@ -186,7 +198,11 @@ def test_a_finished_run_is_never_overwritten_nor_resumed_with_other_settings(cha
     assert (finished / "checkpoint_last.pth.tar").read_bytes() == before
 
 
-def test_skip_bad_images_keeps_every_batch_full_for_the_queue(data, tmp_path):
+def test_skip_bad_images_keeps_every_batch_full_for_the_queue(data, tmp_path, monkeypatch, capsys):
+    """Without --skip-bad-images a truncated file stops the run with one line naming it; with it, every training
+    batch stays full (the 48 images give 6 batches of 8: a dropped image would leave 5 under drop_last) because
+    each unreadable sample is replaced by the next readable image of the folder: two broken files in a row
+    (c1/3.png, c1/4.png) are both read as c1/5.png, in their own slots of the epoch's order, and warned once."""
     copy = tmp_path / "data"
     shutil.copytree(data, copy)
     broken = copy / "train" / "c1" / "3.png"
@@ -197,6 +213,52 @@ def test_skip_bad_images_keeps_every_batch_full_for_the_queue(data, tmp_path):
     lines = [line for line in proc.stderr.splitlines() if line.strip() and not line.startswith("epoch ")]
     assert proc.returncode == 2 and lines == [f"error: cannot read image {broken}: image file is truncated "
                                               "(--skip-bad-images skips such files with a warning)"], proc.stderr
-    proc = run(*argv, "--skip-bad-images", "--overwrite")  # MoCo's queue needs full batches: replaced, not dropped
-    assert f"skipped (replaced by the next readable image): cannot read image {broken}" in proc.stdout
+    also = copy / "train" / "c1" / "4.png"  # the file after it in the folder's order: the next readable is 5.png
+    also.write_bytes(also.read_bytes()[:80])
+    paths = [path for path, _ in torchvision.datasets.ImageFolder(copy / "train").samples]
+    assert paths.index(str(also)) == paths.index(str(broken)) + 1
+
+    reads, sizes, training = [], [], [False]  # (file, decoded) of every read during training; the batch sizes
+    real_read, real_train = engine_data.read_rgb_image, main_moco_mgd.train_one_epoch
+
+    def recording_read(path):
+        try:
+            image = real_read(path)
+        except UnreadableImage:
+            if training[0]:
+                reads.append((path, False))
+            raise
+        if training[0]:
+            reads.append((path, True))
+        return image
+
+    def recording_train(step, loader, *rest, **kw):
+        def counted(batch):
+            (im_q, im_k), _ = batch
+            sizes.append((im_q.shape[0], im_k.shape[0]))
+            return step(batch)
+        training[0] = True
+        try:
+            return real_train(counted, loader, *rest, **kw)
+        finally:
+            training[0] = False
+    monkeypatch.setattr(engine_data, "read_rgb_image", recording_read)
+    monkeypatch.setattr(main_moco_mgd, "train_one_epoch", recording_train)
+    root = logging.getLogger()  # the script's logging setup writes to this test's captured stdout: undone after
+    monkeypatch.setattr(root, "handlers", list(root.handlers))
+    monkeypatch.setattr(root, "level", root.level)
+    capsys.readouterr()
+    main_moco_mgd.main([str(a) for a in argv] + ["--skip-bad-images", "--overwrite"])  # in this process
+    out = capsys.readouterr().out
+    assert sizes == [(8, 8)] * 6  # MoCo's queue needs full batches: replaced, not dropped
+    expected = []  # the epoch's order (seed 0, epoch 0, one process), each broken file followed to the next one
+    for index in epoch_order(len(paths), 0, 0, 0, 1):
+        while paths[index] in (str(broken), str(also)):
+            expected.append((paths[index], False))
+            index += 1
+        expected.append((paths[index], True))
+    assert reads == expected
+    assert [p for p, ok in reads if ok].count(paths[paths.index(str(also)) + 1]) == 3  # its own slot and two more
+    for bad in (broken, also):
+        assert out.count(f"skipped (replaced by the next readable image): cannot read image {bad}") == 1, out
     assert torch.load(tmp_path / "out" / "checkpoint_last.pth.tar", weights_only=True)["epoch"] == 1
