@@ -20,7 +20,7 @@ from common import best_of, report  # noqa: E402
 
 from mgd.matching import batch_cost_sum  # noqa: E402
 from mgd.builder import stage_loss  # noqa: E402
-from mgd.reducers import amp  # noqa: E402
+from mgd.matching.reducers import amp  # noqa: E402
 
 
 def original_amp(t_feat, margins, guided, sc):

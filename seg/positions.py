@@ -23,7 +23,7 @@ from typing import Dict, List, Sequence, Tuple
 from torch import nn
 from torchvision.models import segmentation as tvseg
 
-from mgd.discovery import locate_stages
+from mgd.features.discovery import locate_stages
 from mgd.features import StageSpec, residual_stages
 
 from .models import DeepLabV3Plus

@@ -12,7 +12,7 @@ torchvision families use the library's built-in stage positions; the models defi
   cifar_mobilenet_v2_x0_5 (CRD's MobileNetV2 student; _x1_0 too), cifar_shufflenet_v1,
   cifar_shufflenet_v2 (= _x1_0; _x0_5 / _x1_5 / _x2_0), pyramidnet<depth>_a<alpha>[_bottleneck]
   (OFD's pyramidnet200_a240_bottleneck teacher and pyramidnet110_a84 student);
-* timm/<name>: any timm CNN, created untrained; the library finds its stages (:mod:`mgd.discovery`).
+* timm/<name>: any timm CNN, created untrained; the library finds its stages (:mod:`mgd.features.discovery`).
 """
 from __future__ import annotations
 

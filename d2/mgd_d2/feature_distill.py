@@ -13,9 +13,9 @@ from torch import nn
 from detectron2.layers import NaiveSyncBatchNorm
 
 import mgd
-from mgd.base import float32_region
+from mgd.distillers.base import float32_region
 from mgd.distillers import distiller_options
-from mgd.feature_distiller import PartialL2Distiller
+from mgd.distillers.partial_l2 import PartialL2Distiller
 
 from .backbone import stage_specs
 

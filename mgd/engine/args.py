@@ -79,7 +79,7 @@ def distiller_options_from_args(name: str, args: argparse.Namespace, **given) ->
     (``--loss-factor``, ``--sync-bn``). Flags left at None fall back to the method's (paper's) default.
     ``given`` (e.g. stage positions) is passed to the methods that accept it.
     """
-    from ..distillers import distiller_options
+    from ..registry import distiller_options
 
     accepted = distiller_options(name)
     prefixes = _FLAG_PREFIXES.get(name, (name,))

@@ -16,7 +16,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .. import distributed as mdist
-from ..base import Distiller, TrainableDistiller
+from ..distillers.base import Distiller, TrainableDistiller
 from .errors import UserError
 from .logs import Meter, RunLog
 from .rundir import Diverged
@@ -100,7 +100,7 @@ def _save_artifacts(distiller: Distiller, epoch: int, log: RunLog) -> None:
     if log.writer is None:
         return
     try:
-        from ..plot import cost_matrix_figures
+        from ..tools.plot import cost_matrix_figures
         figures = cost_matrix_figures(artifacts)
     except (ImportError, RuntimeError) as exc:  # no matplotlib: the scalars still reach TensorBoard
         logger.warning("no %s figures for TensorBoard: %s", distiller.prepare_name, exc)

@@ -8,6 +8,7 @@ import torch
 
 from cls.models import build_model
 from cls_runs import STUDENT, TEACHER, common, mgd_args, records, run
+from scripts import run_script
 from tiny_models import randomize_bn
 
 def test_base_trains_one_epoch_and_exports_a_plain_state_dict(image_folder, tmp_path):
@@ -251,3 +252,19 @@ def test_reviewkd_drops_a_last_batch_of_one_that_its_deepest_fusion_cannot_train
                                                           teacher_weights, "-b", 47, "--distiller", "reviewkd"]
     run("main_mgd.py", *argv)
     assert [r["epoch"] for r in records(tmp_path / "reviewkd") if "epoch" in r] == [0]
+
+
+def test_a_method_of_another_installed_package_trains_through_main_mgd(image_folder, teacher_weights, tmp_path):
+    """A method that mgd's files never name, from a throw-away package's mgd.distillers entry point, is one of
+    main_mgd.py's --distiller choices and trains an epoch with its term logged."""
+    from plugin_method import write_package
+    plugin = write_package(tmp_path / "site")
+    out = tmp_path / "run"
+    argv = common(image_folder, out) + ["--teacher-arch", TEACHER, "--teacher-resume", teacher_weights,
+                                        "--distiller", "logit_mse"]
+    run_script(os.path.join("cls", "main_mgd.py"), *argv, path=[plugin])
+    (epoch,) = [r for r in records(out) if "epoch" in r]
+    assert epoch["train_logit_mse"] > 0 and epoch["train_ce"] > 0
+    assert torch.load(out / "last.pth", weights_only=True)["method"] == "logit_mse"
+    help_text = run_script(os.path.join("cls", "main_mgd.py"), "--help", path=[plugin]).stdout
+    assert "logit_mse" in help_text

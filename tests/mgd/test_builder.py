@@ -292,7 +292,7 @@ def test_mgd_update_accepts_the_original_third_argument_as_its_cap_of_20000_imag
     """The original's mgd_update(loader, model, args) stopped its tracking pass after 20000 images ("break for
     ImageNet-1K"); the third argument means that cap, whatever the args hold. Measured with the cap lowered to 8
     (4-image batches: 2 of the 10 are tracked), and the constant is the original's."""
-    from mgd import update
+    from mgd.matching import update
 
     class Args:
         batch_size = 4

@@ -1,4 +1,4 @@
-"""mgd.discovery: stage positions found from any timm (or torchvision) CNN, with no forward rewrite."""
+"""mgd.features.discovery: stage positions found from any timm (or torchvision) CNN, with no forward rewrite."""
 import logging
 
 import pytest
@@ -7,10 +7,10 @@ import torchvision
 from torch import nn
 
 import mgd
-from mgd.discovery import ACTIVATIONS, default_positions, discover_stages, pair_stages
+from mgd.features.discovery import ACTIVATIONS, default_positions, discover_stages, pair_stages
 from mgd.features import HookFeatures, builtin_stages
-from mgd.inspect import main as inspect_main
-from mgd.margin import NO_MARGIN
+from mgd.tools.stages import main as inspect_main
+from mgd.losses.ofd import NO_MARGIN
 from tiny_models import randomize_bn
 
 timm = pytest.importorskip("timm")

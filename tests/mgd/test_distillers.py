@@ -16,7 +16,7 @@ CLASSES = 4
 #: the loss terms each method returns, and the share of the cross-entropy it keeps
 TERMS = {"mgd": ({"distill"}, 1.0), "sm": ({"distill"}, 1.0), "ofd": ({"ofd"}, 1.0), "kd": ({"kd"}, 0.1),
          "at": ({"at"}, 1.0), "sp": ({"sp"}, 1.0), "nd": ({"kd", "nd"}, 1.0), "dkd": ({"dkd"}, 1.0),
-         "dist": ({"dist"}, 1.0), "reviewkd": ({"reviewkd"}, 1.0), "crd": ({"crd"}, 1.0)}
+         "dist": ({"dist"}, 1.0), "reviewkd": ({"reviewkd"}, 1.0), "crd": ({"crd"}, 1.0), "none": (set(), 1.0)}
 #: the options a method cannot do without (CRD's memory bank has a row per training sample)
 OPTIONS = {"crd": {"num_samples": 64, "num_negatives": 16}}
 #: the methods whose prepare step is due before the first epoch
@@ -64,12 +64,12 @@ def test_contract_with_default_options_on_torchvision_classifiers(name):
     step = wrap_for_training(d, torch.device("cpu"), distributed=False)
     teacher.train()  # whatever mode the teacher was left in, training the wrapper puts it back in eval
     step.train()
-    assert not teacher.training and student.training
+    assert (not teacher.training or not d.needs_teacher) and student.training  # none holds no teacher
     logits, losses = step(x, y, **({"indices": torch.arange(CLASSES)} if d.needs_indices else {}))
     assert logits.shape == (CLASSES, CLASSES) and set(losses) == terms
     assert all(v.dim() == 0 and v.dtype == torch.float32 and torch.isfinite(v) and v > 0 for v in losses.values())
     (d.task_weight * nn.functional.cross_entropy(logits, y) + sum(losses.values())).backward()
-    assert all(p.grad is None for p in teacher.parameters()) and not teacher.training
+    assert all(p.grad is None for p in teacher.parameters()) and (not teacher.training or not d.needs_teacher)
     learnable = d.get_learnable_parameters()
     assert {id(p) for p in student.parameters()} <= {id(p) for p in learnable}
     assert not {id(p) for p in teacher.parameters()} & {id(p) for p in learnable}
@@ -117,7 +117,7 @@ def test_distillers_built_and_closed_in_a_loop_leave_the_models_as_they_were():
 
 def test_unknown_names_and_options_are_clear_errors():
     teacher, student = torchvision_pair()
-    with pytest.raises(ValueError, match="valid: at, crd, dist, dkd, kd, mgd, nd, ofd, reviewkd, sm, sp"):
+    with pytest.raises(ValueError, match="valid: at, crd, dist, dkd, kd, mgd, nd, none, ofd, reviewkd, sm, sp"):
         build_distiller("fitnet", teacher, student)
     with pytest.raises(TypeError, match="takes no option.*'beta'"):
         build_distiller("kd", teacher, student, beta=3)
@@ -314,3 +314,20 @@ def test_without_set_epoch_warmups_give_the_full_term():
         torch.testing.assert_close(nd.forward_train(x, y)[1]["kd"], kd_loss(s, t, 4.0))  # no epoch announced
     nd.close()
     assert not build_distiller("crd", teacher, student, num_samples=64, num_negatives=8).replica_safe
+
+
+def test_none_is_the_students_own_training_step_behind_the_contract():
+    """Plain training as a method: no teacher needed (None), the student's forward bit for bit, no term, no state
+    of its own, nothing to prepare; the step ``task_weight * ce + sum(terms)`` is the plain cross-entropy."""
+    torch.manual_seed(0)
+    student = tiny_resnet(False)
+    d = build_distiller("none", None, student)
+    x, y = torch.randn(4, 3, 32, 32), torch.arange(4)
+    d.train()
+    logits, terms = d.forward_train(x, y)
+    student.train()
+    assert terms == {} and d.task_weight == 1.0 and torch.equal(logits, student(x))
+    assert not d.prepare_due(0) and d.own_state_dict() == {} and not d.needs_teacher
+    assert {id(p) for p in d.get_learnable_parameters()} == {id(p) for p in student.parameters()}
+    with pytest.raises(RuntimeError, match="no teacher"):
+        d.t_net(x)

@@ -1,4 +1,4 @@
-"""mgd.plot: the matching pictures of a run folder, written headless from a small real run."""
+"""mgd.tools.plot: the matching pictures of a run folder, written headless from a small real run."""
 import json
 import struct
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import mgd
-from mgd import plot
+from mgd.tools import plot
 from mgd.engine import RunLog, prepare_if_due
 
 from tiny_models import randomize_bn, tiny_resnet

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from mgd import reducers
+from mgd.matching import reducers
 
 
 def _loop_groups(teacher, guided_inds, sc):

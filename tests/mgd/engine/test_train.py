@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import mgd
-from mgd.base import TrainableDistiller
+from mgd.distillers.base import TrainableDistiller
 from mgd.engine import (Diverged, Meter, Precision, ReplicaStep, RunLog, UserError, prepare_if_due, train_one_epoch,
                         wrap_for_training)
 

@@ -18,134 +18,17 @@ never a silently wrong feature.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["StageSpec", "ProtocolFeatures", "HookFeatures", "builtin_stages", "builtin_ignore_inds", "residual_stages",
-           "implements_protocol", "make_feature_source", "unwrap"]
+from .builtin import builtin_stages
+from .spec import StageSpec, implements_protocol, unwrap
 
+__all__ = ["ProtocolFeatures", "HookFeatures", "make_feature_source"]
 
-@dataclass(frozen=True)
-class StageSpec:
-    """One distillation position.
-
-    module:   dotted name (as in ``model.named_modules()``) of the module whose output (or input) is the
-              pre-ReLU stage feature.
-    capture:  "output" (default) or "input": the input of the module's last call in a forward, e.g. the
-              tensor an (in-place) ReLU receives.
-    bn:       name of the BatchNorm that produces the pre-ReLU values (teacher side: the margins).
-    channels: the feature's channel count, when it cannot be read off the named modules.
-    margin:   False for a stage with no BatchNorm + ReLU on the teacher side (a linear output): no margin,
-              the target is the teacher's feature itself (:data:`mgd.discovery.NO_MARGIN`).
-    """
-    module: str
-    capture: str = "output"
-    bn: Optional[str] = None
-    channels: Optional[int] = None
-    margin: bool = True
-
-    def __post_init__(self) -> None:
-        if self.capture not in ("output", "input"):
-            raise ValueError(f"StageSpec.capture must be 'output' or 'input', got {self.capture!r}")
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The model inside DataParallel / DistributedDataParallel wrappers."""
-    while isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-        model = model.module
-    return model
-
-
-def implements_protocol(model: nn.Module) -> bool:
-    """True for models written for the original MGD code."""
-    m = unwrap(model)
-    return all(callable(getattr(m, name, None)) for name in ("extract_feature", "get_bn_before_relu",
-                                                            "get_channel_num"))
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Built-in stage positions for torchvision families (same positions as the original's rewritten models).
-
-def residual_stages(model: nn.Module, layers: Sequence[str] = ("layer1", "layer2", "layer3", "layer4")
-                    ) -> List[StageSpec]:
-    """Stages of a torchvision-style residual network: for each named ``nn.Sequential`` of BasicBlock or
-    Bottleneck blocks, the input of the last block's final ReLU (the residual sum, pre-ReLU, as in the
-    original ResNets), with that block's last BN for the margins. Works for CIFAR-style ResNets built
-    from torchvision blocks too (e.g. ``layers=("layer1", "layer2", "layer3")``)."""
-    from torchvision.models.resnet import BasicBlock, Bottleneck
-
-    specs = []
-    for layer in layers:
-        blocks = model.get_submodule(layer)
-        last = len(blocks) - 1
-        block = blocks[last]
-        if not isinstance(block, (BasicBlock, Bottleneck)):
-            raise TypeError(f"unsupported residual block {type(block).__name__}; name the stage layers explicitly")
-        bn = "bn3" if isinstance(block, Bottleneck) else "bn2"
-        specs.append(StageSpec(f"{layer}.{last}.relu", capture="input", bn=f"{layer}.{last}.{bn}",
-                               channels=getattr(block, bn).num_features))
-    return specs
-
-
-def _mobilenet_v2_stages(model: nn.Module) -> List[StageSpec]:
-    """Pre-ReLU6 BN outputs inside features[4], [7], [11], [17], as in the original MobileNetV2.
-
-    The original swapped the strides of the 64- and 96-channel groups so that features[7]'s depthwise
-    output is 28x28; torchvision keeps the paper's strides, where the same block's expansion output
-    (features[7].conv[0], 192 channels) is the 28x28 tensor, so that one is used for stage 2.
-    """
-    positions = [(4, 1), (7, 0), (11, 1), (17, 1)]
-    specs = []
-    for block, part in positions:
-        prefix = f"features.{block}.conv.{part}"
-        bn = model.get_submodule(f"{prefix}.1")
-        specs.append(StageSpec(f"{prefix}.2", capture="input", bn=f"{prefix}.1", channels=bn.num_features))
-    return specs
-
-
-def _shufflenet_v2_stages(model: nn.Module) -> List[StageSpec]:
-    """The max-pool output and the outputs of stage2-4, the original's positions.
-
-    torchvision's ShuffleNetV2 applies its ReLUs inside each branch before the concatenation, so no
-    pre-ReLU tensor of a whole stage exists without rewriting the blocks: these features are post-ReLU,
-    and the model has no BN to take margins from (use it as a student).
-    """
-    specs = [StageSpec("maxpool", channels=model.conv1[0].out_channels)]
-    for name in ("stage2", "stage3", "stage4"):
-        last = getattr(model, name)[-1]
-        channels = last.branch2[-2].num_features * 2
-        specs.append(StageSpec(name, channels=channels))
-    return specs
-
-
-def builtin_stages(model: nn.Module) -> Optional[List[StageSpec]]:
-    """Stage positions for known torchvision families (ResNet 18-152 and wide/ResNeXt variants,
-    MobileNetV2, ShuffleNetV2), or None."""
-    from torchvision.models import MobileNetV2, ResNet, ShuffleNetV2
-
-    m = unwrap(model)
-    if isinstance(m, ResNet):
-        return residual_stages(m)
-    if isinstance(m, MobileNetV2):
-        return _mobilenet_v2_stages(m)
-    if isinstance(m, ShuffleNetV2):
-        return _shufflenet_v2_stages(m)
-    return None
-
-
-def builtin_ignore_inds(model: nn.Module) -> List[int]:
-    """Stages the original skipped for a student family: the first stage of MobileNetV2 and ShuffleNetV2
-    (its resolution differs from a ResNet teacher's first stage)."""
-    from torchvision.models import MobileNetV2, ShuffleNetV2
-
-    return [0] if isinstance(unwrap(model), (MobileNetV2, ShuffleNetV2)) else []
-
-
-# ----------------------------------------------------------------------------------------------------------
 
 class ProtocolFeatures:
     """Features from ``model.extract_feature(x, preReLU)`` (the original protocol)."""

@@ -14,34 +14,10 @@ from typing import Any, Callable, Dict, Iterable, List, Optional
 import torch
 from torch import nn
 
-from . import distributed as mdist
-from .features import StageSpec, unwrap
-from .losses import nd_loss
+from .. import distributed as mdist
+from ..losses import nd_loss
 
-__all__ = ["classifier_layer", "embedding_layer", "embedding_spec", "NDTerm"]
-
-
-def classifier_layer(net: nn.Module) -> str:
-    """Name of the final ``nn.Linear`` of a classifier (``fc``, ``classifier.1``, ``head.fc``, a ViT's
-    ``heads.head``...): the layer whose input is the penultimate embedding."""
-    linears = [name for name, m in unwrap(net).named_modules() if isinstance(m, nn.Linear)]
-    if not linears:
-        raise ValueError(f"{type(unwrap(net)).__name__} has no nn.Linear classifier; name the embedding layer")
-    return linears[-1]
-
-
-def embedding_layer(net: nn.Module, name: Optional[str] = None) -> nn.Linear:
-    """The final linear layer called ``name`` (default: :func:`classifier_layer`)."""
-    name = name or classifier_layer(net)
-    layer = unwrap(net).get_submodule(name)
-    if not isinstance(layer, nn.Linear):
-        raise TypeError(f"the embedding layer {name!r} must be the final nn.Linear, got {type(layer).__name__}")
-    return layer
-
-
-def embedding_spec(net: nn.Module, name: Optional[str] = None) -> StageSpec:
-    """Where the embedding is captured: the input of the final linear layer."""
-    return StageSpec(name or classifier_layer(net), capture="input")
+__all__ = ["NDTerm"]
 
 
 def _sync_ready_flag(module: "NDTerm", keys) -> None:

@@ -18,10 +18,10 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
+from ..calibration import DEFAULT_CALIBRATION_IMAGES, DEFAULT_LOSS_RATIO, TaskLoss, calibrate_loss_factor
+from ..features import unwrap
+from ..losses.ofd import NO_MARGIN, margin_from_bn
 from .base import Distiller
-from .calibration import DEFAULT_CALIBRATION_IMAGES, DEFAULT_LOSS_RATIO, TaskLoss, calibrate_loss_factor
-from .features import unwrap
-from .margin import NO_MARGIN, margin_from_bn
 
 __all__ = ["PartialL2Distiller", "halving_stage_weights"]
 

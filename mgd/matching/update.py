@@ -10,9 +10,9 @@ from typing import Any, Callable, Iterable, Optional
 import torch
 from torch import nn
 
-from . import distributed as mdist
-from .features import unwrap
-from .losses.precision import float32_region
+from .. import distributed as mdist
+from ..features import unwrap
+from ..losses.precision import float32_region
 
 __all__ = ["mgd_update"]
 

@@ -23,9 +23,9 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 import torch
 from torch import nn
 
-from .discovery import default_positions
-from .features import StageSpec, builtin_ignore_inds, implements_protocol, make_feature_source
-from .losses.precision import float32_region
+from ..features import StageSpec, builtin_ignore_inds, implements_protocol, make_feature_source
+from ..features.discovery import default_positions
+from ..losses.precision import float32_region
 
 __all__ = ["Distiller", "TrainableDistiller", "check_networks", "float32_region", "Layers"]
 
@@ -73,6 +73,8 @@ class Distiller(nn.Module):
     #: Whether the method may run in nn.DataParallel replicas (False: its training forward moves a memory, whose
     #: in-place updates DataParallel keeps from one replica only; use DistributedDataParallel).
     replica_safe: bool = True
+    #: Whether the method needs a teacher network (False only for ``none``, plain training).
+    needs_teacher: bool = True
     _NETWORK_PREFIXES = ("t_net.", "s_net.")
 
     def __init_subclass__(cls, **kwargs) -> None:

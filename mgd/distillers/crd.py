@@ -23,14 +23,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import distributed as mdist
+from .. import distributed as mdist
+from ..features import embedding_layer, embedding_spec
+from ..losses import nce_loss
+from ..registry import register_distiller
 from .base import Distiller
-from .embedding import embedding_layer, embedding_spec
-from .losses import nce_loss
 
 __all__ = ["CRDDistiller"]
 
 
+@register_distiller("crd")
 class CRDDistiller(Distiller):
     """CRD. ``num_samples``: the training set's size (the bank's rows; the applications give it); ``memory``:
     "bank" (the paper's) or "queue"."""

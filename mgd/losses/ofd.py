@@ -18,7 +18,7 @@ from typing import Tuple
 import torch
 from torch import nn
 
-from .losses.precision import float32_region
+from .precision import float32_region
 
 __all__ = ["NO_MARGIN", "get_margin_from_BN", "margin_from_bn", "distillation_loss", "margin_target", "partial_l2",
            "relu_floor", "is_batchnorm"]

@@ -24,8 +24,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from .features import StageSpec, builtin_stages, unwrap
-from .margin import NO_MARGIN
+from ..losses.ofd import NO_MARGIN
+from .builtin import builtin_stages
+from .spec import StageSpec, unwrap
 
 __all__ = ["DiscoveredStage", "discover_stages", "locate_stages", "pair_stages", "default_positions",
            "stage_candidates", "ACTIVATIONS", "NO_MARGIN"]

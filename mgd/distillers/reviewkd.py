@@ -17,12 +17,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..features import StageSpec, builtin_stages, embedding_layer, embedding_spec
+from ..features.discovery import default_positions
+from ..losses import hcl_loss
+from ..registry import register_distiller
 from .base import Distiller, Layers
-from .discovery import default_positions
-from .embedding import NDTerm, embedding_layer, embedding_spec
-from .features import StageSpec, builtin_stages
-from .logit_distillers import linear_warmup
-from .losses import hcl_loss
+from .logits import linear_warmup
+from .nd_term import NDTerm
 
 __all__ = ["ABF", "ReviewKDDistiller", "review_positions"]
 
@@ -73,6 +74,7 @@ def review_positions(t_net: nn.Module, s_net: nn.Module, teacher_layers: Layers,
             specs(student_layers) + [embedding_spec(s_net, student_embedding)])
 
 
+@register_distiller("reviewkd")
 class ReviewKDDistiller(NDTerm, Distiller):
     """ReviewKD (and ReviewKD++ with ``nd_weight`` > 0). ``mid_channels``: the ABFs' middle width (default
     mdistiller's min(512, the student's widest position)); ``example_input``: a batch to read the positions'

@@ -20,13 +20,13 @@ from typing import Optional
 
 from torch import nn
 
+from ..features import embedding_layer, embedding_spec
 from .base import Distiller
-from .embedding import NDTerm, embedding_layer, embedding_spec
-from .losses import dist_loss, dkd_loss, kd_loss
+from .nd_term import NDTerm
 
 logger = logging.getLogger("mgd")
 
-__all__ = ["LogitDistiller", "KDDistiller", "NDDistiller", "DKDDistiller", "DISTDistiller", "linear_warmup"]
+__all__ = ["LogitDistiller", "linear_warmup"]
 
 
 _warned_no_epoch = False
@@ -85,72 +85,3 @@ class LogitDistiller(NDTerm, Distiller):
         if self.nd_weight > 0:
             out["nd"] = self.nd_term(s_feats[-1], t_feats[-1], target)
         return out
-
-
-class KDDistiller(LogitDistiller):
-    """Hinton's KD: alpha T^2 KL(softmax(t/T) || softmax(s/T)), the cross-entropy with weight 1 - alpha
-    (Hinton et al. 2015, Sec. 2; alpha 0.9, T 4 as in the CRD benchmark code most toolkits follow).
-
-    With ``nd_weight`` > 0, KD++ as its authors train it: CE (weight 1) + ``kd_weight`` (1) * T^2 KL, ramped
-    in over ``warmup_epochs`` (20 on CIFAR-style runs, 5 on ImageNet, where T is 1) + the ND term; ``alpha``
-    is then unused."""
-
-    one_based_warmup = False  # KD++'s code: min(epoch / warmup, 1) with 0-based epochs
-
-    def __init__(self, t_net: nn.Module, s_net: nn.Module, alpha: float = 0.9, temperature: float = 4.0,
-                 kd_weight: float = 1.0, **kwargs) -> None:
-        super().__init__(t_net, s_net, **kwargs)
-        if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"kd alpha must be in [0, 1], got {alpha}")
-        if temperature <= 0:
-            raise ValueError(f"kd temperature must be positive, got {temperature}")
-        self.alpha, self.temperature, self.kd_weight = float(alpha), float(temperature), float(kd_weight)
-        self.task_weight = 1.0 if self.nd_weight > 0 else 1.0 - self.alpha
-
-    def logit_losses(self, s_out, t_out, target):
-        if self.nd_weight > 0:
-            return {"kd": self.ramp() * self.kd_weight * kd_loss(s_out, t_out, self.temperature)}
-        return {"kd": self.alpha * kd_loss(s_out, t_out, self.temperature)}
-
-
-class NDDistiller(KDDistiller):
-    """KD++ (Wang et al., ICCV 2023): :class:`KDDistiller` with the ND term on (``nd_weight`` 1, the
-    authors' default) and their recipe: CE + KD ramped in over 20 epochs + ND."""
-
-    def __init__(self, t_net: nn.Module, s_net: nn.Module, nd_weight: float = 1.0, **kwargs) -> None:
-        if not nd_weight > 0:
-            raise ValueError(f"nd (KD++) needs nd_weight > 0, got {nd_weight}; use kd for plain KD")
-        super().__init__(t_net, s_net, nd_weight=nd_weight, **kwargs)
-
-
-class DKDDistiller(LogitDistiller):
-    """Decoupled KD: CE + min(epoch / warmup, 1) * :func:`~mgd.losses.dkd_loss` (alpha 1, beta 8, T 4 and
-    a 20-epoch warm-up: the authors' CIFAR-100 configs; ImageNet: warm-up 1, beta 0.5 and T 1 for ResNet-34
-    -> ResNet-18, beta 2 for ResNet-50 -> MobileNet-V1). ``nd_weight`` > 0: DKD++."""
-
-    def __init__(self, t_net: nn.Module, s_net: nn.Module, alpha: float = 1.0, beta: float = 8.0,
-                 temperature: float = 4.0, **kwargs) -> None:
-        super().__init__(t_net, s_net, **kwargs)
-        if temperature <= 0:
-            raise ValueError(f"dkd temperature must be positive, got {temperature}")
-        self.alpha, self.beta, self.temperature = float(alpha), float(beta), float(temperature)
-
-    def logit_losses(self, s_out, t_out, target):
-        if target is None:
-            raise ValueError("DKD needs the labels: call forward_train(images, target)")
-        return {"dkd": self.ramp() * dkd_loss(s_out, t_out, target, self.alpha, self.beta, self.temperature)}
-
-
-class DISTDistiller(LogitDistiller):
-    """DIST: CE + ``weight`` (2) * :func:`~mgd.losses.dist_loss` (beta = gamma = tau = 1): the authors'
-    ImageNet recipe; no warm-up. ``nd_weight`` > 0: DIST++."""
-
-    def __init__(self, t_net: nn.Module, s_net: nn.Module, beta: float = 1.0, gamma: float = 1.0, tau: float = 1.0,
-                 weight: float = 2.0, warmup_epochs: float = 0, **kwargs) -> None:
-        super().__init__(t_net, s_net, warmup_epochs=warmup_epochs, **kwargs)
-        if tau <= 0:
-            raise ValueError(f"dist tau must be positive, got {tau}")
-        self.beta, self.gamma, self.tau, self.weight = float(beta), float(gamma), float(tau), float(weight)
-
-    def logit_losses(self, s_out, t_out, target):
-        return {"dist": self.ramp() * self.weight * dist_loss(s_out, t_out, self.beta, self.gamma, self.tau)}

@@ -1,0 +1,41 @@
+"""``ofd``: A Comprehensive Overhaul of Feature Distillation (Heo et al., ICCV 2019): a 1x1 conv + BN connector
+per stage, the partial L2 (Eq. 6) to the teacher's pre-ReLU features above the margins (Eq. 3-4)."""
+from __future__ import annotations
+
+from typing import Union
+
+import torch
+from torch import nn
+
+from ..losses.ofd import margin_target, partial_l2
+from ..registry import register_distiller
+from .partial_l2 import PartialL2Distiller
+
+__all__ = ["OFDistiller"]
+
+
+@register_distiller("ofd")
+class OFDistiller(PartialL2Distiller):
+    """OFD: connector (1x1 conv + BN, student -> teacher channels) per stage, partial L2 above the margins.
+
+    The summed loss is divided by the batch size and ``loss_factor`` (OFD's code: 1e4 on ImageNet, 1e3 on
+    CIFAR). ``teacher_train_mode=True`` keeps the teacher's BN in train mode, as the paper's code does.
+    """
+
+    factor_terms = ("ofd",)
+
+    def __init__(self, t_net: nn.Module, s_net: nn.Module, loss_factor: Union[float, str] = 1e4, **kwargs) -> None:
+        super().__init__(t_net, s_net, loss_factor=loss_factor, **kwargs)
+        self.connectors = nn.ModuleList([  # none (an Identity) for an ignored stage: no unused parameters
+            nn.Sequential(nn.Conv2d(s, t, 1, bias=False), nn.BatchNorm2d(t)) if i in self.stages else nn.Identity()
+            for i, (s, t) in enumerate(zip(self.s_channels, self.t_channels))])
+        for i in self.stages:
+            nn.init.kaiming_normal_(self.connectors[i][0].weight, mode="fan_out", nonlinearity="relu")
+
+    def losses(self, s_feats, t_feats, s_out, t_out, target):
+        self._check_spatial(t_feats, s_feats)
+        total = torch.zeros((), device=s_out.device)
+        for i in self.stages:
+            target_i, floor = margin_target(t_feats[i], self.margins[i])
+            total = total + partial_l2(self.connectors[i](s_feats[i].float()), target_i, floor) * self.stage_weights[i]
+        return {"ofd": self.normalise(total, s_out.shape[0])}
