@@ -49,8 +49,8 @@ def get_parser():
     g.add_argument("--mgd-reducer", default=None, choices=["amp", "rd", "sp", "sm"], help="mgd: channel reducer "
                    "(default amp)")
     g.add_argument("--mgd-update-freq", default=2, type=positive_int, help="mgd: re-solve the matching every N epochs")
-    g.add_argument("--mgd-update-images", default=20000, type=positive_int, help="mgd: images tracked per matching "
-                   "update (over all processes)")
+    g.add_argument("--mgd-update-images", default=None, type=positive_int, help="mgd: images tracked per matching "
+                   f"update (over all processes; default {option_default('mgd', 'update_images')})")
     g.add_argument("--mgd-with-kd", default=0, type=int, choices=[0, 1], help="mgd: add Hinton's KD loss (T = 1.5)")
     g.add_argument("--mgd-solver", default=None, choices=["ortools", "scipy"], help="mgd: assignment solver "
                    "(default ortools; both exact)")

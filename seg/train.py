@@ -18,7 +18,7 @@ import logging
 import os
 import sys
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -48,10 +48,6 @@ logger = logging.getLogger("seg")
 
 #: What a run writes in its --output-dir (what makes a folder hold a previous run).
 CHECKPOINT_NAMES = ("last.pth", "best.pth", "student.pth")
-#: The methods that work on dense (N, C, H, W) outputs: the feature methods at seg/positions.py's positions and
-#: pixel-wise KD. The others of mgd.DISTILLERS (nd, dkd, dist, crd, reviewkd) need image-level labels or a
-#: classifier embedding.
-METHODS = ["mgd", "sm", "ofd", "kd", "at", "sp"]
 #: ``--distiller none``: train the model alone (teachers, baselines); parsed to None, written so in checkpoints.
 NO_METHOD = "none"
 #: OFD's segmentation loss factor (train_with_distillation.py: loss_distill.sum() / batch_size * 1e-5).
@@ -59,12 +55,20 @@ OFD_SEG_LOSS_FACTOR = 1e5
 POLY_POWER = 0.9
 
 
+def dense_methods() -> List[str]:
+    """The registered methods that work on dense (N, C, H, W) outputs (their ``dense_outputs``): the feature
+    methods at seg/positions.py's positions, pixel-wise KD, and any other package's that says so. The others
+    (nd, dkd, dist, crd, reviewkd) need image-level labels or a classifier embedding."""
+    return sorted(name for name, cls in mgd.DISTILLERS.items() if cls.dense_outputs and cls.needs_teacher)
+
+
 def method_arg(text: str) -> Optional[str]:
-    """--distiller: one of METHODS, or ``none`` -> None (no teacher, no distiller: the model trains alone)."""
+    """--distiller: a dense method, or ``none`` -> None (no teacher, no distiller: the model trains alone)."""
     if text == NO_METHOD:
         return None
-    if text not in METHODS:
-        raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {', '.join([NO_METHOD] + METHODS)})")
+    if text not in dense_methods():
+        raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from "
+                                         f"{', '.join([NO_METHOD] + dense_methods())})")
     return text
 
 
@@ -87,7 +91,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher-model", default="deeplabv3plus_resnet101", choices=MODEL_NAMES)
     p.add_argument("--teacher-resume", default="", metavar="PATH", help="teacher weights (a state dict or a "
                    "checkpoint of this script; loaded before the margins are computed)")
-    p.add_argument("--distiller", default=None, type=method_arg, metavar="{" + ",".join([NO_METHOD] + METHODS) + "}",
+    p.add_argument("--distiller", default=None, type=method_arg,
+                   metavar="{" + ",".join([NO_METHOD] + dense_methods()) + "}",
                    help="none (default): train the model alone")
     p.add_argument("--distill-positions", default="all", help="backbone, head, all, or a comma-separated list of "
                    "stage1..stage4, aspp, decoder (seg/README.md)")
@@ -113,8 +118,8 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument("--mgd-reducer", default=None, choices=["amp", "rd", "sp", "sm"], help="mgd: channel reducer "
                    "(default amp)")
     g.add_argument("--mgd-update-freq", default=2, type=positive_int, help="mgd: re-solve the matching every N epochs")
-    g.add_argument("--mgd-update-images", default=2000, type=positive_int, help="mgd: images tracked per matching "
-                   "update (over all processes)")
+    g.add_argument("--mgd-update-images", default=None, type=positive_int, help="mgd: images tracked per matching "
+                   f"update (over all processes; default {option_default('mgd', 'update_images')})")
     g.add_argument("--mgd-with-kd", default=0, type=int, choices=[0, 1], help="mgd: add pixel-wise KD (T = 1.5)")
     g.add_argument("--mgd-solver", default=None, choices=["ortools", "scipy"])
     g.add_argument("--kd-alpha", default=None, type=non_negative_float, help="kd: weight of the pixel-wise KD term; "

@@ -28,3 +28,17 @@ def write_package(root, name="logit_mse"):
     (info / "entry_points.txt").write_text(f"[mgd.distillers]\n{name} = mgd_test_plugin:LogitMSE\n")
     shutil.copy(__file__, root / "mgd_test_plugin.py")
     return root
+
+
+class StageL2(mgd.Distiller):
+    """weight * the mean squared difference of the student's and the teacher's pre-ReLU stage features (a dense
+    method: it works on any (N, C, H, W) features, so seg/train.py offers it; pairs of equal widths only)."""
+
+    dense_outputs = True
+
+    def __init__(self, t_net, s_net, weight: float = 1.0, **kwargs):
+        super().__init__(t_net, s_net, **kwargs)
+        self.weight = float(weight)
+
+    def losses(self, s_feats, t_feats, s_out, t_out, target):
+        return {"stage_l2": self.weight * sum(F.mse_loss(s.float(), t.float()) for s, t in zip(s_feats, t_feats))}

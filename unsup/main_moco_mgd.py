@@ -35,6 +35,7 @@ from mgd.engine import (ArgumentParser, Precision, RunLog, SkipUnreadable, UserE
                         resume_from, run_cli, save_checkpoints, seed_everything, setup_process, start_output_dir,
                         train_one_epoch, worker_guard, wrap_for_training)
 from mgd.calibration import DEFAULT_LOSS_RATIO
+from mgd.registry import option_default
 from mgd.engine.args import loss_factor, non_negative_float, non_negative_int, positive_float, positive_int
 from mgd.engine.checkpoints import check_epochs_left
 from unsup.moco import MoCo, TwoCropsTransform, moco_augmentation
@@ -88,7 +89,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--mgd-update-epochs", default=DEFAULT_UPDATE_EPOCHS, nargs="*", type=non_negative_int,
                    help="re-solve the matching before these epochs (0-based; the same as after these 1-based "
                    "epochs), besides before training")
-    p.add_argument("--mgd-update-images", default=20000, type=positive_int,
+    p.add_argument("--mgd-update-images", default=option_default("mgd", "update_images"), type=positive_int,
                    help="images per update, over all processes")
     p.add_argument("--input-size", default=224, type=positive_int)
     add_run_arguments(p, default_output="output/moco_mgd")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
-import socket
 from typing import Callable, Iterator, Optional, Sequence
 
 import torch
@@ -21,15 +20,11 @@ import detectron2.engine.defaults as d2_defaults
 from detectron2.engine import launch as d2_launch
 from detectron2.utils import comm
 
+from mgd.engine.launch import free_port
+
 __all__ = ["launch", "cpu_ddp"]
 
 DEFAULT_TIMEOUT = datetime.timedelta(minutes=30)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def launch(main_func: Callable, num_processes: int, num_machines: int = 1, machine_rank: int = 0,
@@ -44,7 +39,7 @@ def launch(main_func: Callable, num_processes: int, num_machines: int = 1, machi
     if num_machines != 1:
         raise ValueError("several CPU processes are supported on one machine only (--num-machines 1)")
     if dist_url in (None, "auto"):
-        dist_url = f"tcp://127.0.0.1:{_free_port()}"
+        dist_url = f"tcp://127.0.0.1:{free_port()}"
     mp.start_processes(_cpu_worker, nprocs=num_processes, start_method="spawn", daemon=False,
                        args=(main_func, num_processes, dist_url, tuple(args), timeout))
 

@@ -18,6 +18,8 @@ class ATDistiller(Distiller):
     """Attention transfer on every distilled stage's post-ReLU output: beta / 2 * sum of at_loss (beta =
     1000). ``ignore_inds`` as MGD's (the attention maps of a stage must have the teacher's spatial size)."""
 
+    dense_outputs = True
+
     def __init__(self, t_net: nn.Module, s_net: nn.Module, beta: float = 1e3,
                  ignore_inds: Optional[List[int]] = None, **kwargs) -> None:
         super().__init__(t_net, s_net, **kwargs)

@@ -75,6 +75,11 @@ class Distiller(nn.Module):
     replica_safe: bool = True
     #: Whether the method needs a teacher network (False only for ``none``, plain training).
     needs_teacher: bool = True
+    #: Whether the method works on dense (N, C, H, W) outputs, as a segmenter's (the feature methods and
+    #: pixel-wise KD); False where it needs image-level labels or a classifier's embedding.
+    dense_outputs: bool = False
+    #: The prefixes of the method's command-line flags ``--<prefix>-<option>``; None: its registered name.
+    flag_prefixes: Optional[Tuple[str, ...]] = None
     _NETWORK_PREFIXES = ("t_net.", "s_net.")
 
     def __init_subclass__(cls, **kwargs) -> None:

@@ -20,6 +20,7 @@ class KDDistiller(LogitDistiller):
     in over ``warmup_epochs`` (20 on CIFAR-style runs, 5 on ImageNet, where T is 1) + the ND term; ``alpha``
     is then unused."""
 
+    dense_outputs = True  # pixel-wise on a segmenter's (N, C, H, W) logits (without the ND term)
     one_based_warmup = False  # KD++'s code: min(epoch / warmup, 1) with 0-based epochs
 
     def __init__(self, t_net: nn.Module, s_net: nn.Module, alpha: float = 0.9, temperature: float = 4.0,

@@ -33,6 +33,7 @@ from ..losses.ofd import margin_target, partial_l2
 from ..matching.cost import CostTracker
 from ..matching.reducers import get_reducer
 from ..matching.solvers import SOLVERS
+from ..matching.update import LEGACY_MAX_IMAGES
 from ..registry import register_distiller
 from .base import float32_region
 from .partial_l2 import PartialL2Distiller, halving_stage_weights
@@ -43,9 +44,6 @@ logger = logging.getLogger("mgd")
 
 #: The original RetinaNet per-level divisors for [C2, C3, C4, C5, P3, P4, P5, P6, P7] (0 = not distilled).
 DETECTION_LOSS_FACTORS = [f * 5e7 for f in (1, 1, 1e-1, 1e-1, 1, 1, 1e-2, 0, 0)]
-
-#: The original's tracking pass stopped after about this many images ("break for ImageNet-1K").
-DEFAULT_UPDATE_IMAGES = 20000
 
 
 def _detection_stage_weights(num_stages: int) -> List[float]:
@@ -155,7 +153,7 @@ class MGDistiller(PartialL2Distiller):
                  calibration_task_loss: Optional[TaskLoss] = None,
                  update_freq: int = 2,
                  update_epochs: Optional[Sequence[int]] = None,
-                 update_images: Optional[int] = DEFAULT_UPDATE_IMAGES,
+                 update_images: Optional[int] = LEGACY_MAX_IMAGES,
                  track_in_autocast: bool = False) -> None:
         if solver not in SOLVERS:
             raise ValueError(f"unknown solver {solver!r}; valid solvers: {', '.join(SOLVERS)}")
@@ -478,6 +476,8 @@ class MGDistiller(PartialL2Distiller):
 @register_distiller("sm")
 class SMDistiller(MGDistiller):
     """MGD with sparse matching: each student channel learns from one matched teacher channel."""
+
+    flag_prefixes = ("mgd",)  # sparse matching reads MGD's flags
 
     def __init__(self, t_net: nn.Module, s_net: nn.Module, ignore_inds: Optional[Sequence[int]] = None,
                  reducer: str = "sm", sync_bn: bool = False, with_kd: bool = False, preReLU: bool = True,

@@ -15,6 +15,9 @@ class NDDistiller(KDDistiller):
     """KD++ (Wang et al., ICCV 2023): :class:`KDDistiller` with the ND term on (``nd_weight`` 1, the
     authors' default) and their recipe: CE + KD ramped in over 20 epochs + ND."""
 
+    dense_outputs = False  # the ND term needs a classifier's embedding
+    flag_prefixes = ("nd", "kd")  # KD++ also reads the KD flags
+
     def __init__(self, t_net: nn.Module, s_net: nn.Module, nd_weight: float = 1.0, **kwargs) -> None:
         if not nd_weight > 0:
             raise ValueError(f"nd (KD++) needs nd_weight > 0, got {nd_weight}; use kd for plain KD")

@@ -33,6 +33,7 @@ class NoDistiller(Distiller):
         s_net: the student.
     """
 
+    dense_outputs = True
     needs_features = False
     needs_teacher = False
 

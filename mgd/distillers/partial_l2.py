@@ -59,6 +59,7 @@ class PartialL2Distiller(Distiller):
             named modules (see :meth:`~mgd.base.Distiller._stage_channels`).
     """
 
+    dense_outputs = True  # the partial L2 works on any (N, C, H, W) stage feature
     #: The loss terms divided by the loss factor (what :func:`mgd.calibrate_loss_factor` measures).
     factor_terms: Tuple[str, ...] = ()
     prepare_name = "loss_factor"

@@ -15,6 +15,8 @@ __all__ = ["SPDistiller"]
 class SPDistiller(Distiller):
     """Similarity-preserving KD on the last stage's post-ReLU output: gamma * sp_loss (gamma = 3000)."""
 
+    dense_outputs = True
+
     def __init__(self, t_net: nn.Module, s_net: nn.Module, gamma: float = 3e3, **kwargs) -> None:
         super().__init__(t_net, s_net, **kwargs)
         self.gamma = float(gamma)

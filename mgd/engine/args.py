@@ -63,8 +63,6 @@ def add_precision_arguments(p: argparse.ArgumentParser) -> None:
                    "and the input batches")
 
 
-#: Flag prefixes per distiller, beyond its own name: KD++ reads the KD flags, sparse matching MGD's.
-_FLAG_PREFIXES = {"nd": ("nd", "kd"), "sm": ("mgd",)}
 #: Options several methods share, read from the flag of the same name (``--loss-factor``, ``--sync-bn``) or
 #: set by the launcher (``distributed``).
 _SHARED_OPTIONS = ("loss_factor", "loss_ratio", "sync_bn", "distributed", "nd_weight")
@@ -73,16 +71,16 @@ _SHARED_OPTIONS = ("loss_factor", "loss_ratio", "sync_bn", "distributed", "nd_we
 def distiller_options_from_args(name: str, args: argparse.Namespace, **given) -> dict:
     """Options for ``mgd.build_distiller(name, ...)`` from command-line flags, with no per-method code.
 
-    For each option the method accepts (:func:`mgd.distillers.distiller_options`): the flag
-    ``--<prefix>-<option>`` for each of the method's flag prefixes (its name; KD++ also ``kd``), then
+    For each option the method accepts (:func:`mgd.registry.distiller_options`): the flag
+    ``--<prefix>-<option>`` for each of the method's ``flag_prefixes`` (its name; KD++ also ``kd``), then
     ``--<option>`` when the option's own name starts with such a prefix (``--nd-weight``) or is shared
     (``--loss-factor``, ``--sync-bn``). Flags left at None fall back to the method's (paper's) default.
     ``given`` (e.g. stage positions) is passed to the methods that accept it.
     """
-    from ..registry import distiller_options
+    from ..registry import DISTILLERS, distiller_options
 
     accepted = distiller_options(name)
-    prefixes = _FLAG_PREFIXES.get(name, (name,))
+    prefixes = DISTILLERS[name].flag_prefixes or (name,)
     options = {k: v for k, v in given.items() if k in accepted}
     for option in sorted(accepted - set(options)):
         candidates = [f"{p}_{option}" for p in prefixes]

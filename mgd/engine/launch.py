@@ -27,7 +27,7 @@ from .. import distributed as mdist
 from .errors import EXIT_INTERRUPTED, EXIT_USER, UserError, ignore_sigint, user_message
 from .spawn import WORKER, end_worker, run_spawned
 
-__all__ = ["UserError", "run_cli", "launch", "worker_guard", "setup_process", "setup_logging", "seed_everything",
+__all__ = ["UserError", "run_cli", "launch", "free_port", "worker_guard", "setup_process", "setup_logging", "seed_everything",
            "user_message"]
 
 
@@ -45,7 +45,8 @@ def run_cli(main: Callable[[Optional[Sequence[str]]], Any], argv: Optional[Seque
         sys.exit(EXIT_INTERRUPTED)
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on this machine now, for a single-machine job's rendezvous (tcp://127.0.0.1:PORT)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -66,7 +67,7 @@ def launch(worker: Callable[[int, argparse.Namespace], None], args: argparse.Nam
         if args.dist_url == "auto":
             if nodes > 1:
                 raise UserError("--dist-url is required with several nodes")
-            args.dist_url = f"tcp://127.0.0.1:{_free_port()}"
+            args.dist_url = f"tcp://127.0.0.1:{free_port()}"
         args.distributed = True
         run_spawned(worker, args, nprocs)
     elif torchrun or args.world_size > 1:

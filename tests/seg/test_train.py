@@ -170,3 +170,19 @@ def test_bad_labels_stop_a_script_with_one_line(case, tmp_path):
     last = proc.stderr.strip().splitlines()[-1]  # after the progress bar of the epoch it stopped
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and last.startswith("error: label "), proc.stderr
     assert "0.png" in last and ("is 5x5 but its image" if case == "size" else "value(s) 9 outside [0, 3)") in last
+
+
+def test_a_dense_method_registered_outside_mgd_trains_at_the_paired_positions(seg_folder, seg_teacher, tmp_path):
+    """seg/train.py offers every registered method whose dense_outputs is true, at its paired positions."""
+    import mgd
+    from plugin_method import StageL2
+    mgd.register_distiller("stage_l2")(StageL2)
+    try:
+        assert "stage_l2" in seg_train.dense_methods() and "nd" not in seg_train.dense_methods()
+        out = tmp_path / "stage_l2"
+        train_here(*distil(seg_folder, out, seg_teacher, "stage_l2"), "--distill-positions", "backbone")
+    finally:
+        mgd.unregister_distiller("stage_l2")
+    (epoch,) = [r for r in records(out) if "epoch" in r]
+    assert epoch["train_stage_l2"] > 0 and epoch["train_ce"] > 0
+    assert torch.load(out / "last.pth", weights_only=True)["method"] == "stage_l2"

@@ -1,5 +1,6 @@
 """mgd.engine.args: method options from flags with no per-method code; number checks."""
 import argparse
+import re
 
 import pytest
 
@@ -42,3 +43,22 @@ def test_number_types_reject_what_makes_no_sense():
                         (positive_float, "x")):
         with pytest.raises(argparse.ArgumentTypeError):
             parse(text)
+
+
+def test_the_scripts_share_the_methods_default_for_the_matchings_image_count():
+    """--mgd-update-images had drifted (2000 in seg/, 20000 elsewhere); every script now leaves it to MGD's own
+    default, whatever the script's parser, and --help says which."""
+    from cls import main_mgd
+    from mgd.registry import option_default
+    from seg import train as seg_train
+    from unsup import main_moco_mgd
+
+    default = option_default("mgd", "update_images")
+    assert default == 20000  # the original's "break for ImageNet-1K"
+    for parser, argv in ((main_mgd.get_parser(), ["DATA"]), (seg_train.get_parser(), ["DATA"]),
+                         (main_moco_mgd.get_parser(), ["DATA", "--teacher-resume", "T"])):
+        args = parser.parse_args(argv)
+        given = distiller_options_from_args("mgd", args).get("update_images", default)
+        assert given == default, parser.prog
+        help_text = " ".join(parser.format_help().split())
+        assert re.search(rf"--mgd-update-images MGD_UPDATE_IMAGES [^-]*default:? {default}\b", help_text), parser.prog
