@@ -25,15 +25,15 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, Set, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Set, TypeVar
 
 from torch import nn
 
 if TYPE_CHECKING:
     from .distillers.base import Distiller
 
-__all__ = ["DISTILLERS", "ENTRY_POINT_GROUP", "register_distiller", "unregister_distiller", "build_distiller",
-           "distiller_options", "option_default"]
+__all__ = ["DISTILLERS", "ENTRY_POINT_GROUP", "register_distiller", "unregister_distiller", "registered_methods",
+           "build_distiller", "distiller_options", "option_default"]
 
 logger = logging.getLogger("mgd")
 
@@ -122,6 +122,14 @@ def register_distiller(name: str) -> Callable[[T], T]:
 def unregister_distiller(name: str) -> None:
     """Remove ``name`` from the registry (a test's own method, once it is done)."""
     DISTILLERS.remove(name)
+
+
+def registered_methods(**capabilities: Any) -> List[str]:
+    """The names of the registered methods whose classes have these capability values, sorted: what an
+    application offers, e.g. ``registered_methods(dense_outputs=True, needs_teacher=True)`` for a segmenter
+    (see the capability attributes of :class:`~mgd.Distiller`), never a list of names."""
+    return sorted(name for name, cls in DISTILLERS.items()
+                  if all(getattr(cls, key) == value for key, value in capabilities.items()))
 
 
 def build_distiller(name: str, t_net: nn.Module, s_net: nn.Module, **options) -> Distiller:

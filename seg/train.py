@@ -29,7 +29,7 @@ from torch import nn
 import mgd
 from mgd import distributed as mdist
 from mgd.checkpoint import atomic_save, deferred_signals
-from mgd.distillers import distiller_options, option_default
+from mgd.registry import distiller_options, option_default, registered_methods
 from mgd.engine import (ArgumentParser, Precision, RunLog, UserError, add_launch_arguments, add_precision_arguments,
                         add_run_arguments, check_output_dir, epoch_loader, eval_loader, last_good_checkpoint,
                         launch, load_checkpoint, mean_terms, plain_args, prepare_if_due, prepare_loader,
@@ -59,7 +59,7 @@ def dense_methods() -> List[str]:
     """The registered methods that work on dense (N, C, H, W) outputs (their ``dense_outputs``): the feature
     methods at seg/positions.py's positions, pixel-wise KD, and any other package's that says so. The others
     (nd, dkd, dist, crd, reviewkd) need image-level labels or a classifier embedding."""
-    return sorted(name for name, cls in mgd.DISTILLERS.items() if cls.dense_outputs and cls.needs_teacher)
+    return registered_methods(dense_outputs=True, needs_teacher=True)
 
 
 def method_arg(text: str) -> Optional[str]:

@@ -6,8 +6,9 @@
 
 The teacher is an official MoCo-v2 checkpoint ('state_dict' with 'module.encoder_q.*' keys): its projection
 head is dropped, its ResNet backbone loaded strictly, and the margins computed from it. The student's query
-encoder backbone is distilled on its four pre-ReLU stages with MGD (AMP reducer by default); the loss is
-InfoNCE + the distillation loss / batch / --loss-factor. The matching is solved before training and again
+encoder backbone is distilled on its four pre-ReLU stages with MGD (AMP reducer by default; --distiller takes any
+feature method: sm, ofd, at, sp, or another package's); the loss is InfoNCE + the method's terms (MGD's and OFD's
+partial L2 / batch / --loss-factor). The matching is solved before training and again
 before the epochs in --mgd-update-epochs (the original's log-spaced schedule). Launch, logs, checkpoints,
 loaders, AMP and the matching step with its all-ranks-agree check come from mgd.engine, as in cls/.
 """
@@ -19,6 +20,7 @@ import math
 import os
 import sys
 import time
+from typing import List
 
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -35,8 +37,8 @@ from mgd.engine import (ArgumentParser, Precision, RunLog, SkipUnreadable, UserE
                         resume_from, run_cli, save_checkpoints, seed_everything, setup_process, start_output_dir,
                         train_one_epoch, worker_guard, wrap_for_training)
 from mgd.calibration import DEFAULT_LOSS_RATIO
-from mgd.registry import option_default
-from mgd.engine.args import loss_factor, non_negative_float, non_negative_int, positive_float, positive_int
+from mgd.registry import option_default, registered_methods
+from mgd.engine.args import distiller_options_from_args, loss_factor, non_negative_float, non_negative_int, positive_float, positive_int
 from mgd.engine.checkpoints import check_epochs_left
 from unsup.moco import MoCo, TwoCropsTransform, moco_augmentation
 
@@ -80,7 +82,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--cos", action="store_true", help="cosine learning-rate schedule")
     p.add_argument("--teacher-arch", default="resnet50", choices=ARCHS)
     p.add_argument("--teacher-resume", required=True, metavar="PATH", help="an official MoCo-v2 checkpoint")
-    p.add_argument("--loss-factor", default=1e4, type=loss_factor, help="the distillation loss is divided by the "
+    p.add_argument("--distiller", default="mgd", choices=feature_methods(), help="the method that distils the "
+                   "teacher's stage features into the query encoder's (any registered feature method)")
+    p.add_argument("--loss-factor", default=1e4, type=loss_factor, help="mgd/sm/ofd: the distillation loss is divided by the "
                    "batch size and this factor; 'auto': measured after the first matching so that the distillation "
                    "term starts at --loss-ratio times the InfoNCE loss (kept in the checkpoint)")
     p.add_argument("--loss-ratio", default=DEFAULT_LOSS_RATIO, type=positive_float,
@@ -119,22 +123,30 @@ def load_teacher(args) -> nn.Module:
     return teacher
 
 
-class MoCoMGD(nn.Module):
-    """What DDP wraps: the MoCo model and the distiller's norm layers (the frozen teacher is not registered).
-    The student's query encoder runs once per step, for InfoNCE and for MGD; returns the InfoNCE logits and
-    labels and MGD's normalised (per image, / loss factor) float32 term."""
+def feature_methods() -> List[str]:
+    """The registered methods that distil stage features alone (no labels, logits or classifier embedding,
+    which MoCo's encoders do not have): MGD and its sparse matching, OFD, AT, SP and any other package's."""
+    return registered_methods(needs_features=True, dense_outputs=True)
 
-    def __init__(self, moco: MoCo, distiller: mgd.MGDistiller) -> None:
+
+class MoCoDistill(nn.Module):
+    """What DDP wraps: the MoCo model and the distiller's own trainable modules (MGD's norm layers, OFD's
+    connectors; the frozen teacher is not registered). The student's query encoder runs once per step, for
+    InfoNCE and for the distillation; returns the InfoNCE logits and labels and the method's terms
+    (normalised float32 scalars, :meth:`mgd.Distiller.compute_terms`)."""
+
+    def __init__(self, moco: MoCo, distiller: mgd.Distiller) -> None:
         super().__init__()
         self.moco = moco
-        self.norms = distiller.BNs
+        self.distiller_parts = nn.ModuleDict({name: child for name, child in distiller.named_children()
+                                              if child is not distiller.t_net and child is not distiller.s_net})
         self._distiller = [distiller]
 
     def forward(self, im_q: torch.Tensor, im_k: torch.Tensor):
         d = self._distiller[0]
         t_feats, _ = d.teacher_features(lambda: d.t_net(im_q))
         s_feats, (logits, labels) = d.student_features(lambda: self.moco(im_q, im_k))
-        return logits, labels, d.losses(s_feats, t_feats, None, None, None)["distill"]
+        return logits, labels, d.compute_terms(student_features=s_feats, teacher_features=t_feats)
 
 
 class QueryKeyPairs:
@@ -178,12 +190,13 @@ def worker(local_rank: int, args) -> None:
     teacher = load_teacher(args).to(device)
     moco = MoCo(getattr(torchvision.models, args.arch), args.moco_dim, args.moco_k, args.moco_m, args.moco_t,
                 args.mlp).to(device)
-    distiller = mgd.build_distiller("mgd", teacher, moco.encoder_q, ignore_inds=[], reducer=args.mgd_reducer,
-                                    distributed=args.distributed, loss_factor=args.loss_factor,
-                                    loss_ratio=args.loss_ratio, calibration_task_loss=moco.contrastive_loss,
-                                    update_epochs=args.mgd_update_epochs,
-                                    update_images=args.mgd_update_images).to(device)
-    model = MoCoMGD(moco, distiller)
+    options = distiller_options_from_args(args.distiller, args, distributed=args.distributed,
+                                          calibration_task_loss=moco.contrastive_loss)
+    try:
+        distiller = mgd.build_distiller(args.distiller, teacher, moco.encoder_q, **options).to(device)
+    except (ValueError, TypeError) as exc:
+        raise UserError(f"cannot distil {args.teacher_arch} into {args.arch} with {args.distiller}: {exc}") from exc
+    model = MoCoDistill(moco, distiller)
     precision.prepare_model(moco)
     precision.prepare_model(teacher)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], args.lr,
@@ -194,7 +207,8 @@ def worker(local_rank: int, args) -> None:
     else:
         ckpt = load_checkpoint(args.resume, ("state_dict", "optimizer", "epoch", "distiller"))
         start_epoch = resume_from(ckpt, args.resume, moco, "state_dict", optimizer, precision, distiller=distiller,
-                                  epochs=args.epochs, **{k: getattr(args, k) for k in RESUME_SAME})
+                                  epochs=args.epochs, method=args.distiller,
+                                  **{k: getattr(args, k) for k in RESUME_SAME})
     trainable = wrap_for_training(model, device, args.distributed, data_parallel=False)  # MoCo needs DDP's ranks
     log = RunLog(args.output_dir, args.rank, args.tensorboard)
     criterion = nn.CrossEntropyLoss()
@@ -208,11 +222,12 @@ def worker(local_rank: int, args) -> None:
     def step(batch):
         (im_q, im_k), _ = batch
         im_q, im_k = precision.to_device(im_q), precision.to_device(im_k)
-        logits, labels, distill = trainable(im_q, im_k)
+        logits, labels, terms = trainable(im_q, im_k)
         contrastive = criterion(logits.float(), labels)
         top1 = 100.0 * float((logits.argmax(1) == labels).sum()) / im_q.shape[0]
-        return contrastive + distill, {"loss_contrastive": contrastive.item(), "loss_distill": distill.item(),
-                                       "instance_top1": top1}, im_q.shape[0]
+        parts = {"loss_contrastive": contrastive.item(), **{f"loss_{k}": v.item() for k, v in terms.items()},
+                 "instance_top1": top1}
+        return distiller.task_weight * contrastive + sum(terms.values()), parts, im_q.shape[0]
 
     for epoch in range(start_epoch, args.epochs):
         begin = time.time()
@@ -228,15 +243,15 @@ def worker(local_rank: int, args) -> None:
         stats = train_one_epoch(step, loader, optimizer, precision, epoch, device, args.rank == 0, args.print_freq,
                                 last_good_checkpoint(args.output_dir, LAST, args.resume))
         stats = {"epoch": epoch, "lr": lr, **{k: v for k, v in stats.items() if k != "loss"},
-                 "matching_updates": int(distiller.num_updates), "seconds": round(time.time() - begin, 1)}
-        logger.info("epoch %d/%d  contrastive %.4f  distill %.4f  instance top-1 %.2f  lr %.4g  matching updates %d"
-                    "  %.0f s", epoch, args.epochs - 1, stats["loss_contrastive"], stats["loss_distill"],
-                    stats["instance_top1"], lr, stats["matching_updates"], stats["seconds"])
+                 "seconds": round(time.time() - begin, 1)}
+        terms = "  ".join(f"{k[len('loss_'):]} {v:.4f}" for k, v in stats.items() if k.startswith("loss_"))
+        logger.info("epoch %d/%d  %s  instance top-1 %.2f  lr %.4g  %.0f s", epoch, args.epochs - 1, terms,
+                    stats["instance_top1"], lr, stats["seconds"])
         log.write(stats)
         refuse_non_finite({"the MoCo model": moco.state_dict(), "the distiller": distiller.own_state_dict()},
                           epoch, args.output_dir, LAST, args.resume)  # on every rank: they stop together
         if args.rank == 0:
-            state = {"epoch": epoch + 1, "arch": args.arch, "state_dict": moco.state_dict(),
+            state = {"epoch": epoch + 1, "arch": args.arch, "method": args.distiller, "state_dict": moco.state_dict(),
                      "optimizer": optimizer.state_dict(), "distiller": distiller.own_state_dict(),
                      "scaler": precision.state_dict(), "args": plain_args(args)}
             backbone = {k: v for k, v in moco.encoder_q.state_dict().items() if not k.startswith("fc.")}

@@ -66,6 +66,8 @@ class Distiller(nn.Module):
     wider_teacher: bool = False
     #: Whether :meth:`forward_train` needs ``indices=`` (each sample's index in the training set: CRD's memory).
     needs_indices: bool = False
+    #: The samples' dataset indices of the batch whose terms :meth:`compute_terms` computes (None outside it).
+    _indices: Optional[torch.Tensor] = None
     #: The training epoch (0-based) announced by :meth:`set_epoch`: what warm-ups ramp on (None: never announced).
     epoch: Optional[int] = None
     #: Whether training must drop a last, smaller batch (ReviewKD: a BatchNorm on 1x1 maps needs 2 samples).
@@ -274,13 +276,44 @@ class Distiller(nn.Module):
             t_out = self.t_net(images)
         return None, t_out, None, self.s_net(images)
 
-    def forward_train(self, images: torch.Tensor, target: Optional[torch.Tensor] = None
-                      ) -> Tuple[Any, Dict[str, torch.Tensor]]:
-        """(student output, {term name: weighted, normalised float32 scalar}) for one training batch."""
+    def forward_train(self, images: torch.Tensor, target: Optional[torch.Tensor] = None,
+                      indices: Optional[torch.Tensor] = None) -> Tuple[Any, Dict[str, torch.Tensor]]:
+        """(student output, {term name: weighted, normalised float32 scalar}) for one training batch: the
+        networks run (:meth:`run_networks`), then :meth:`compute_terms` on what they gave. ``indices``: each
+        sample's index in the training set, for the methods whose ``needs_indices`` is true (CRD's memory)."""
         t_feats, t_out, s_feats, s_out = self.run_networks(images)
-        with float32_region(images.device):
-            losses = self.losses(s_feats, t_feats, s_out, t_out, target)
-        return s_out, losses
+        return s_out, self.compute_terms(student_features=s_feats, teacher_features=t_feats, student_logits=s_out,
+                                         teacher_logits=t_out, target=target, indices=indices)
+
+    def compute_terms(self, *, student_features: Optional[Sequence[torch.Tensor]] = None,
+                      teacher_features: Optional[Sequence[torch.Tensor]] = None, student_logits: Any = None,
+                      teacher_logits: Any = None, target: Optional[torch.Tensor] = None,
+                      indices: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+        """Features in, terms out: the method's weighted, normalised float32 terms (the dict
+        :meth:`forward_train` returns) from what an application captured itself, for the applications that run
+        the networks their own way (a detector's bottom-up, MoCo's encoders) and hand over the results.
+
+        ``student_features`` / ``teacher_features``: what :meth:`student_features` / :meth:`teacher_features`
+        captured (this distiller's stage positions, then its embedding when it reads one); ``*_logits``: the
+        networks' outputs, for the methods that compare them; ``target``: the labels, for those that read them
+        (DKD, KD++'s class means); ``indices``: the samples' dataset indices (``needs_indices``). A method reads
+        only what it needs (a feature method no logits, so a detector hands none); what it needs and does not get
+        is a ValueError naming it. Computed and summed in float32 whatever the autocast dtype.
+        """
+        if self.needs_indices and indices is None:
+            raise ValueError(f"{type(self).__name__} needs each sample's dataset index: pass indices=... "
+                             "(forward_train(images, target, indices=...))")
+        if self.needs_features and (student_features is None or teacher_features is None):
+            raise ValueError(f"{type(self).__name__} distils features: pass student_features= and teacher_features="
+                             " (what student_features() / teacher_features() captured)")
+        device = next((t.device for t in (*(student_features or ()), student_logits) if isinstance(t, torch.Tensor)),
+                      torch.device("cpu"))
+        self._indices = indices
+        try:
+            with float32_region(device):
+                return self.losses(student_features, teacher_features, student_logits, teacher_logits, target)
+        finally:
+            self._indices = None
 
     def forward(self, *args, **kwargs):
         return self.forward_train(*args, **kwargs)

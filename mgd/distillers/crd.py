@@ -67,16 +67,6 @@ class CRDDistiller(Distiller):
         self.register_buffer("log_z", torch.full((2,), float("nan")))  # log Z of the student's, teacher's scores
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
 
-    def forward_train(self, images, target=None, indices: Optional[torch.Tensor] = None):
-        if self.needs_indices and indices is None:
-            raise ValueError("crd's memory bank needs each sample's dataset index: forward_train(images, target, "
-                             "indices=...)")
-        self._indices = indices
-        try:
-            return super().forward_train(images, target)
-        finally:
-            self._indices = None
-
     def _negatives(self, positives: torch.Tensor) -> torch.Tensor:
         """(B, K) indices drawn uniformly from the other samples (the authors draw from the other classes)."""
         draw = torch.randint(0, self.memory_s.shape[0] - 1, (positives.shape[0], self.num_negatives),

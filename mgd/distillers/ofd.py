@@ -34,8 +34,9 @@ class OFDistiller(PartialL2Distiller):
 
     def losses(self, s_feats, t_feats, s_out, t_out, target):
         self._check_spatial(t_feats, s_feats)
-        total = torch.zeros((), device=s_out.device)
+        batch = s_feats[self.stages[0]].shape[0]  # from the features: a detector hands no logits
+        total = torch.zeros((), device=s_feats[self.stages[0]].device)
         for i in self.stages:
             target_i, floor = margin_target(t_feats[i], self.margins[i])
             total = total + partial_l2(self.connectors[i](s_feats[i].float()), target_i, floor) * self.stage_weights[i]
-        return {"ofd": self.normalise(total, s_out.shape[0])}
+        return {"ofd": self.normalise(total, batch)}

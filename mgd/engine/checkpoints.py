@@ -91,6 +91,8 @@ def plain_args(args: Any) -> Dict[str, Any]:
 def _describe(key: str, value: Any) -> str:
     if key == "num_classes":
         return f"{value} classes"
+    if key == "method":  # a checkpoint's method, chosen with --distiller
+        return f"--distiller {value}"
     if isinstance(value, bool):
         return f"--{key.replace('_', '-')}" if value else f"no --{key.replace('_', '-')}"
     shown = " ".join(map(str, value)) if isinstance(value, list) else value

@@ -262,3 +262,19 @@ def test_skip_bad_images_keeps_every_batch_full_for_the_queue(data, tmp_path, mo
     for bad in (broken, also):
         assert out.count(f"skipped (replaced by the next readable image): cannot read image {bad}") == 1, out
     assert torch.load(tmp_path / "out" / "checkpoint_last.pth.tar", weights_only=True)["epoch"] == 1
+
+
+@pytest.mark.parametrize("method, term", [("ofd", "loss_ofd"), ("at", "loss_at")])
+def test_every_feature_method_pretrains_and_resumes_under_its_own_name(method, term, data, tmp_path):
+    """--distiller takes any registered feature method, not only MGD: its term is logged and checkpointed under
+    its name, and a resume with another method is one line."""
+    out = tmp_path / method
+    run(*args_for(data, out), "--distiller", method)
+    with open(out / "log.jsonl") as f:
+        (epoch,) = [r for r in map(json.loads, f) if "epoch" in r]
+    assert epoch[term] > 0 and epoch["loss_contrastive"] > 0 and "loss_distill" not in epoch
+    ckpt = torch.load(out / "checkpoint_last.pth.tar", weights_only=True)
+    assert ckpt["method"] == method and ckpt["args"]["distiller"] == method
+    other = run(*args_for(data, out, epochs=2), "--resume", out / "checkpoint_last.pth.tar", check=False)
+    assert other.returncode == 2 and f"was written with --distiller {method}, this run has --distiller mgd" in \
+        other.stderr, other.stderr
