@@ -13,14 +13,14 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 from torch import nn
 
-from cls.trainer import (build_student, build_teacher, check_arch, classifier, evaluate_models, fit, load_backbone,
-                         make_optimizer, resume, start_worker, teacher_arch)
-from cls.utils import accuracy, common_parser, finish_args, make_scheduler
-from mgd.engine import RunLog, UserError, launch, read_weights, run_cli, worker_guard, wrap_for_training
+from cls.trainer import check_arch, classifier, load_backbone, teacher_arch, train_worker
+from cls.utils import common_parser, finish_args
+from mgd.engine import UserError, launch, read_weights, run_cli, worker_guard
 
 
 def get_parser():
     p = common_parser(__doc__.strip().splitlines()[0], nesterov=0)
+    p.set_defaults(distiller="none")  # plain training is a method too: the student alone behind the same contract
     p.add_argument("--pretrained-backbone", default="", metavar="PATH", help="initialise the backbone from a "
                    "state dict without (or ignoring) the classifier, e.g. unsup/'s student_backbone.pth")
     p.add_argument("--linear-eval", action="store_true", help="freeze everything but the final classifier "
@@ -48,46 +48,21 @@ def check_args(args) -> None:
         raise UserError(f"data directory not found: {args.data}")
 
 
+def prepare_student(args):
+    """--pretrained-backbone and --linear-eval, applied to the student before it trains."""
+    def prepare(model: nn.Module) -> None:
+        if args.pretrained_backbone:
+            load_backbone(model, read_weights(args.pretrained_backbone, "--pretrained-backbone"),
+                          "--pretrained-backbone", args.pretrained_backbone)
+        if args.linear_eval:
+            freeze_all_but_classifier(model)
+    return prepare
+
+
 @worker_guard
 def worker(local_rank: int, args) -> None:
-    device, precision, (train_set, valid_loader, _, num_classes) = start_worker(local_rank, args)
-    model = build_student(args, num_classes)
-    if args.pretrained_backbone:
-        load_backbone(model, read_weights(args.pretrained_backbone, "--pretrained-backbone"), "--pretrained-backbone",
-                      args.pretrained_backbone)
-    if args.linear_eval:
-        freeze_all_but_classifier(model)
-    if args.distributed and args.sync_bn:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    precision.prepare_model(model.to(device))
-    optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], args)
-    scheduler = make_scheduler(optimizer, args)
-
-    def plain_run(ckpt) -> None:
-        if "method" in ckpt:
-            raise UserError(f"--resume: {args.resume} is a main_mgd.py checkpoint (distillation with "
-                            f"{ckpt['method']}): resume it with main_mgd.py, or start from its student with "
-                            "--student-resume")
-    start_epoch, best = resume(args, model, optimizer, scheduler, precision, plain_run)
-    if args.evaluate:
-        models = {}
-        if args.teacher_resume:
-            models["teacher " + args.teacher_arch] = build_teacher(args, num_classes).to(device)
-        evaluate_models({**models, args.arch: model}, valid_loader, device, args.rank)
-        return
-    trainable = wrap_for_training(model, device, args.distributed, args.gpu, precision=precision)
-    criterion = nn.CrossEntropyLoss()
-
-    def step(batch):
-        images, target = precision.to_device(batch[0]), batch[1].to(device, non_blocking=True)
-        output = trainable(images)
-        loss = criterion(output.float(), target)
-        top1 = accuracy(output.detach(), target, topk=(1,))[0] / images.shape[0] * 100
-        return loss, {"ce": loss.item(), "train_top1": top1}, images.shape[0]
-
-    fit(args=args, device=device, precision=precision, student=model, step=step, trainable=trainable,
-        optimizer=optimizer, scheduler=scheduler, train_set=train_set, valid_loader=valid_loader, extra_state=dict,
-        log=RunLog(args.output_dir, args.rank, args.tensorboard), start_epoch=start_epoch, best_acc1=best)
+    """Plain training through the same worker as main_mgd.py: its method is ``none`` (no teacher, no term)."""
+    train_worker(local_rank, args, prepare_student(args))
 
 
 def main(argv=None) -> None:

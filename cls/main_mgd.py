@@ -15,23 +15,16 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Optional
 
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from torch import nn
-
 import mgd
-from cls.models import stage_specs
-from cls.trainer import (build_student, build_teacher, check_arch, evaluate_models, fit, make_optimizer, resume,
-                         start_worker, teacher_arch)
-from cls.utils import accuracy, common_parser, finish_args, make_scheduler
-from mgd.engine import (RunLog, UserError, WithIndices, launch, mean_terms, prepare_loader, prepare_if_due, run_cli,
-                        worker_guard, wrap_for_training)
-from mgd.distillers import option_default
-from mgd.engine.args import (distiller_options_from_args, loss_factor, non_negative_float, positive_float,
-                             positive_int)
+from cls.trainer import check_arch, identity_options, teacher_arch, train_worker
+from cls.utils import common_parser, finish_args
+from mgd.engine import UserError, launch, run_cli, worker_guard
+from mgd.engine.args import loss_factor, non_negative_float, positive_float, positive_int
+from mgd.registry import option_default
 
 logger = logging.getLogger("cls")
 
@@ -105,87 +98,14 @@ def check_args(args) -> None:
         raise UserError(f"data directory not found: {args.data}")
 
 
-def build_distiller(args, teacher: nn.Module, student: nn.Module, num_samples: int) -> mgd.Distiller:
-    """--distiller's method with its flags as options, the models' stage positions and the training set's size
-    (for the methods that take them); configuration errors become one-line user errors."""
-    options = distiller_options_from_args(args.distiller, args, teacher_layers=stage_specs(teacher),
-                                          student_layers=stage_specs(student), num_samples=num_samples)
-    try:
-        return mgd.build_distiller(args.distiller, teacher, student, **options)
-    except (ValueError, TypeError) as exc:
-        raise UserError(f"cannot distil {args.teacher_arch} into {args.arch} with {args.distiller}: {exc}") from exc
-
-
-def reducer(args) -> Optional[str]:
-    """MGD's channel reducer for this run (the flag or the method's default); None for other methods."""
-    return distiller_options_from_args(args.distiller, args).get("reducer", option_default(args.distiller, "reducer"))
-
-
 def output_tag(args) -> str:
     """The method in the default output folder's name: the original's <distiller>.<reducer> for MGD."""
-    return ".".join(filter(None, [args.distiller, reducer(args)]))
+    return ".".join(filter(None, [args.distiller, identity_options(args).get("mgd_reducer")]))
 
 
 @worker_guard
 def worker(local_rank: int, args) -> None:
-    device, precision, (train_set, valid_loader, prepare_set, num_classes) = start_worker(local_rank, args)
-    teacher = build_teacher(args, num_classes).to(device)
-    student = build_student(args, num_classes)
-    if args.distributed and args.sync_bn:
-        student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
-    student.to(device)
-    distiller = build_distiller(args, teacher, student, len(train_set)).to(device)
-    if distiller.needs_indices:  # CRD's memory: each sample's dataset index rides along with it
-        train_set = WithIndices(train_set)
-    precision.prepare_model(distiller)
-    optimizer = make_optimizer(distiller.get_learnable_parameters(), args)
-    scheduler = make_scheduler(optimizer, args)
-
-    def distillation_run(ckpt) -> None:
-        if "method" not in ckpt or "distiller" not in ckpt:
-            raise UserError(f"--resume: {args.resume} is a main_base.py checkpoint (no distillation): pass it as "
-                            "--student-resume to start distilling from its weights")
-        if ckpt["method"] != args.distiller:
-            raise UserError(f"--resume: {args.resume} is not a {args.distiller} checkpoint but a {ckpt['method']} "
-                            f"one (--distiller {ckpt['method']})")
-    method_reducer = reducer(args)
-    same = {"teacher_arch": args.teacher_arch, **({"mgd_reducer": method_reducer} if method_reducer else {})}
-    start_epoch, best = resume(args, student, optimizer, scheduler, precision, distillation_run, distiller, **same)
-    if args.evaluate:
-        evaluate_models({"teacher " + args.teacher_arch: teacher, "student " + args.arch: student}, valid_loader,
-                        device, args.rank)
-        return
-
-    trainable = wrap_for_training(distiller, device, args.distributed, args.gpu, precision=precision)
-    criterion = nn.CrossEntropyLoss()
-    log = RunLog(args.output_dir, args.rank, args.tensorboard)
-    first = [True]
-
-    def step(batch):
-        images, target = precision.to_device(batch[0]), batch[1].to(device, non_blocking=True)
-        output, terms = trainable(images, target, **({"indices": batch[2]} if distiller.needs_indices else {}))
-        terms = mean_terms(terms)
-        ce = criterion(output.float(), target)
-        loss = distiller.task_weight * ce + sum(terms.values())
-        parts = {"ce": ce.item(), **{k: v.item() for k, v in terms.items()}}
-        if first[0] and args.rank == 0:
-            first[0] = False
-            logger.info("first step: cross-entropy %.4f (weight %g), %s; distillation terms far above the "
-                        "cross-entropy usually hurt (--loss-factor and the method weights scale them)", parts["ce"],
-                        distiller.task_weight, ", ".join(f"{k} {v:.4f}" for k, v in parts.items() if k != "ce"))
-        parts["train_top1"] = accuracy(output.detach(), target, topk=(1,))[0] / images.shape[0] * 100
-        return loss, parts, images.shape[0]
-
-    def prepare(epoch: int) -> dict:  # in float32: the matching statistics come from full-precision features
-        return prepare_if_due(distiller, epoch, lambda e: prepare_loader(
-            prepare_set, args.per_process_batch, args.workers, e, args.seed or 0, args.rank, args.world_size,
-            device.type == "cuda"), log)
-
-    fit(args=args, device=device, precision=precision, student=student, step=step, trainable=trainable,
-        optimizer=optimizer, scheduler=scheduler, train_set=train_set, valid_loader=valid_loader,
-        extra_state=lambda: {"distiller": distiller.own_state_dict(), "method": args.distiller, **same},
-        log=log, before_epoch=prepare, start_epoch=start_epoch, best_acc1=best,
-        drop_last=distiller.needs_full_batches)
+    train_worker(local_rank, args)
 
 
 def main(argv=None) -> None:

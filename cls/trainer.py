@@ -16,17 +16,20 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import torch
 from torch import nn
 
+import mgd
 from mgd.checkpoint import atomic_save, deferred_signals
-from mgd.distillers import classifier_layer
-from mgd.engine import (Precision, RunLog, UserError, epoch_loader, eval_loader, last_good_checkpoint,
-                        load_backbone_weights, load_checkpoint, plain_args, read_weights, refuse_non_finite,
-                        resume_from, save_checkpoints, seed_everything, setup_process, start_output_dir,
-                        train_one_epoch)
+from mgd.engine import (Precision, RunLog, UserError, WithIndices, epoch_loader, eval_loader, last_good_checkpoint,
+                        load_backbone_weights, load_checkpoint, mean_terms, plain_args, prepare_if_due,
+                        prepare_loader, read_weights, refuse_non_finite, resume_from, save_checkpoints,
+                        seed_everything, setup_process, start_output_dir, train_one_epoch, wrap_for_training)
+from mgd.engine.args import distiller_options_from_args
 from mgd.engine.checkpoints import check_epochs_left
+from mgd.features import classifier_layer
+from mgd.registry import option_default
 
 from . import data as cdata
-from .models import TIMM_PREFIX, build_model, cached_weights_path, default_teacher
-from .utils import CHECKPOINT_NAMES, evaluate, load_weights
+from .models import TIMM_PREFIX, build_model, cached_weights_path, default_teacher, stage_specs
+from .utils import CHECKPOINT_NAMES, accuracy, evaluate, load_weights, make_scheduler
 
 logger = logging.getLogger("cls")
 
@@ -213,3 +216,116 @@ def make_optimizer(params, args: argparse.Namespace) -> torch.optim.Optimizer:
     """SGD with the script's momentum, weight decay and Nesterov setting (Nesterov needs momentum)."""
     return torch.optim.SGD(params, args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
                            nesterov=bool(args.nesterov) and args.momentum > 0)
+
+
+# ------------------------------------------------------------------------------------------ the one worker
+
+def _plain(method: Optional[str]) -> bool:
+    """Whether a checkpoint's method is plain training (main_base.py's; its older checkpoints name none)."""
+    return method is None or (method in mgd.DISTILLERS and not mgd.DISTILLERS[method].needs_teacher)
+
+
+def check_checkpoint_method(args: argparse.Namespace, ckpt: Dict[str, Any]) -> None:
+    """UserError when --resume names a checkpoint of another method than --distiller's, worded for the two
+    scripts: plain training is main_base.py's, every other method main_mgd.py's."""
+    written = ckpt.get("method")
+    if written == args.distiller or (_plain(written) and _plain(args.distiller)):
+        return
+    if _plain(written):
+        raise UserError(f"--resume: {args.resume} is a main_base.py checkpoint (no distillation): pass it as "
+                        "--student-resume to start distilling from its weights")
+    if _plain(args.distiller):
+        raise UserError(f"--resume: {args.resume} is a main_mgd.py checkpoint (distillation with {written}): "
+                        "resume it with main_mgd.py, or start from its student with --student-resume")
+    raise UserError(f"--resume: {args.resume} is not a {args.distiller} checkpoint but a {written} one "
+                    f"(--distiller {written})")
+
+
+def build_distiller(args: argparse.Namespace, teacher: Optional[nn.Module], student: nn.Module,
+                    num_samples: int) -> mgd.Distiller:
+    """--distiller's method with its flags as options, the models' stage positions (for the methods that distil
+    features) and the training set's size (for those that take it); configuration errors are one line."""
+    given: Dict[str, Any] = {"num_samples": num_samples}
+    if mgd.DISTILLERS[args.distiller].needs_features:
+        given.update(teacher_layers=stage_specs(teacher), student_layers=stage_specs(student))
+    options = distiller_options_from_args(args.distiller, args, **given)
+    try:
+        return mgd.build_distiller(args.distiller, teacher, student, **options)
+    except (ValueError, TypeError) as exc:
+        raise UserError(f"cannot distil {args.teacher_arch} into {args.arch} with {args.distiller}: {exc}") from exc
+
+
+def identity_options(args: argparse.Namespace) -> Dict[str, Any]:
+    """What names a run beside its method and what its resume must keep: the teacher's architecture (when the
+    method has a teacher) and MGD's reducer (``mgd_reducer``, the original's folder name <distiller>.<reducer>)."""
+    same: Dict[str, Any] = {}
+    if mgd.DISTILLERS[args.distiller].needs_teacher:
+        same["teacher_arch"] = args.teacher_arch
+    options = distiller_options_from_args(args.distiller, args)
+    reducer = options.get("reducer", option_default(args.distiller, "reducer"))
+    if reducer is not None:
+        same["mgd_reducer"] = reducer
+    return same
+
+
+def train_worker(local_rank: int, args: argparse.Namespace,
+                 prepare_student: Optional[Callable[[nn.Module], None]] = None) -> None:
+    """The training (or --evaluate) process of both scripts, whatever --distiller's method: main_base.py is
+    --distiller none, plain training through the same contract. ``prepare_student(student)``: what a script
+    does to the student before training (main_base.py's --pretrained-backbone, --linear-eval)."""
+    device, precision, (train_set, valid_loader, prepare_set, num_classes) = start_worker(local_rank, args)
+    method = mgd.DISTILLERS[args.distiller]
+    teacher = build_teacher(args, num_classes).to(device) if method.needs_teacher else None
+    student = build_student(args, num_classes)
+    if prepare_student is not None:
+        prepare_student(student)
+    if args.distributed and args.sync_bn:
+        student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
+    student.to(device)
+    distiller = build_distiller(args, teacher, student, len(train_set)).to(device)
+    if distiller.needs_indices:  # CRD's memory: each sample's dataset index rides along with it
+        train_set = WithIndices(train_set)
+    precision.prepare_model(distiller)
+    optimizer = make_optimizer([p for p in distiller.get_learnable_parameters() if p.requires_grad], args)
+    scheduler = make_scheduler(optimizer, args)
+    same = identity_options(args)
+    start_epoch, best = resume(args, student, optimizer, scheduler, precision,
+                               lambda ckpt: check_checkpoint_method(args, ckpt), distiller, **same)
+    if args.evaluate:
+        if teacher is None and args.teacher_resume:  # main_base.py -e also shows the teacher it was given
+            teacher = build_teacher(args, num_classes).to(device)
+        models = {} if teacher is None else {"teacher " + args.teacher_arch: teacher}
+        evaluate_models({**models, (f"student {args.arch}" if method.needs_teacher else args.arch): student},
+                        valid_loader, device, args.rank)
+        return
+
+    trainable = wrap_for_training(distiller, device, args.distributed, args.gpu, precision=precision)
+    criterion = nn.CrossEntropyLoss()
+    log = RunLog(args.output_dir, args.rank, args.tensorboard)
+    first = [bool(method.needs_teacher)]  # the first step's terms against the cross-entropy, when there are terms
+
+    def step(batch):
+        images, target = precision.to_device(batch[0]), batch[1].to(device, non_blocking=True)
+        output, terms = trainable(images, target, **({"indices": batch[2]} if distiller.needs_indices else {}))
+        terms = mean_terms(terms)
+        ce = criterion(output.float(), target)
+        loss = distiller.task_weight * ce + sum(terms.values())
+        parts = {"ce": ce.item(), **{k: v.item() for k, v in terms.items()}}
+        if first[0] and args.rank == 0:
+            first[0] = False
+            logger.info("first step: cross-entropy %.4f (weight %g), %s; distillation terms far above the "
+                        "cross-entropy usually hurt (--loss-factor and the method weights scale them)", parts["ce"],
+                        distiller.task_weight, ", ".join(f"{k} {v:.4f}" for k, v in parts.items() if k != "ce"))
+        parts["train_top1"] = accuracy(output.detach(), target, topk=(1,))[0] / images.shape[0] * 100
+        return loss, parts, images.shape[0]
+
+    def prepare(epoch: int) -> dict:  # in float32: the matching statistics come from full-precision features
+        return prepare_if_due(distiller, epoch, lambda e: prepare_loader(
+            prepare_set, args.per_process_batch, args.workers, e, args.seed or 0, args.rank, args.world_size,
+            device.type == "cuda"), log)
+
+    fit(args=args, device=device, precision=precision, student=student, step=step, trainable=trainable,
+        optimizer=optimizer, scheduler=scheduler, train_set=train_set, valid_loader=valid_loader,
+        extra_state=lambda: {"distiller": distiller.own_state_dict(), "method": args.distiller, **same},
+        log=log, before_epoch=prepare, start_epoch=start_epoch, best_acc1=best,
+        drop_last=distiller.needs_full_batches)
