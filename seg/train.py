@@ -48,28 +48,16 @@ logger = logging.getLogger("seg")
 
 #: What a run writes in its --output-dir (what makes a folder hold a previous run).
 CHECKPOINT_NAMES = ("last.pth", "best.pth", "student.pth")
-#: ``--distiller none``: train the model alone (teachers, baselines); parsed to None, written so in checkpoints.
-NO_METHOD = "none"
 #: OFD's segmentation loss factor (train_with_distillation.py: loss_distill.sum() / batch_size * 1e-5).
 OFD_SEG_LOSS_FACTOR = 1e5
 POLY_POWER = 0.9
 
 
 def dense_methods() -> List[str]:
-    """The registered methods that work on dense (N, C, H, W) outputs (their ``dense_outputs``): the feature
-    methods at seg/positions.py's positions, pixel-wise KD, and any other package's that says so. The others
-    (nd, dkd, dist, crd, reviewkd) need image-level labels or a classifier embedding."""
-    return registered_methods(dense_outputs=True, needs_teacher=True)
-
-
-def method_arg(text: str) -> Optional[str]:
-    """--distiller: a dense method, or ``none`` -> None (no teacher, no distiller: the model trains alone)."""
-    if text == NO_METHOD:
-        return None
-    if text not in dense_methods():
-        raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from "
-                                         f"{', '.join([NO_METHOD] + dense_methods())})")
-    return text
+    """The registered methods that work on dense (N, C, H, W) outputs (their ``dense_outputs``): plain training
+    (``none``), the feature methods at seg/positions.py's positions, pixel-wise KD, and any other package's that
+    says so. The others (nd, dkd, dist, crd, reviewkd) need image-level labels or a classifier embedding."""
+    return registered_methods(dense_outputs=True)
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -91,9 +79,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher-model", default="deeplabv3plus_resnet101", choices=MODEL_NAMES)
     p.add_argument("--teacher-resume", default="", metavar="PATH", help="teacher weights (a state dict or a "
                    "checkpoint of this script; loaded before the margins are computed)")
-    p.add_argument("--distiller", default=None, type=method_arg,
-                   metavar="{" + ",".join([NO_METHOD] + dense_methods()) + "}",
-                   help="none (default): train the model alone")
+    p.add_argument("--distiller", default="none", choices=dense_methods(),
+                   help="the method; none (plain training, the default) trains the model alone")
     p.add_argument("--distill-positions", default="all", help="backbone, head, all, or a comma-separated list of "
                    "stage1..stage4, aspp, decoder (seg/README.md)")
     p.add_argument("-j", "--workers", default=4, type=non_negative_int, help="data loading workers per process")
@@ -134,8 +121,6 @@ def get_parser() -> argparse.ArgumentParser:
 
 def reducer(args) -> Optional[str]:
     """MGD's channel reducer for this run (the flag or the method's default); None for other methods."""
-    if args.distiller is None:
-        return None
     return distiller_options_from_args(args.distiller, args).get("reducer", option_default(args.distiller, "reducer"))
 
 
@@ -150,17 +135,17 @@ def finish_args(args: argparse.Namespace) -> argparse.Namespace:
     if args.dataset == "folder":
         for split in ("train", "val"):
             sdata.folder_pairs(args.data, split)
-    if args.distiller is not None and not args.teacher_resume and not args.evaluate:
+    method = mgd.DISTILLERS[args.distiller]
+    if method.needs_teacher and not args.teacher_resume and not args.evaluate:
         raise UserError(f"--distiller {args.distiller} needs the teacher's weights: --teacher-resume PATH (train one "
                         "with --distiller none)")
-    if args.loss_factor is not None and (args.distiller is None or
-                                         "loss_factor" not in distiller_options(args.distiller)):
-        raise UserError(f"--loss-factor has no meaning for --distiller {args.distiller or NO_METHOD}: it scales the "
+    if args.loss_factor is not None and "loss_factor" not in distiller_options(args.distiller):
+        raise UserError(f"--loss-factor has no meaning for --distiller {args.distiller}: it scales the "
                         "partial-L2 methods (mgd, sm, ofd)")
     args.crop_size = args.crop_size or sdata.DEFAULT_CROP[args.dataset]
     if args.output_dir is None:
         name = os.path.basename(os.path.normpath(args.data)) or "data"
-        tag = [m for m in (args.distiller, reducer(args)) if m]
+        tag = [m for m in (args.distiller, reducer(args)) if m] if method.needs_teacher else []
         args.output_dir = os.path.join("output", ".".join([name, args.model] + tag))
     if not args.evaluate:
         check_output_dir(args.output_dir, CHECKPOINT_NAMES, args.resume, args.overwrite,
@@ -257,39 +242,35 @@ def worker(local_rank: int, args) -> None:
     if args.distributed and args.sync_bn:
         student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
     student.to(device)
-    distiller = build_distiller(args, teacher, student).to(device) if args.distiller else None
-    module = distiller if distiller is not None else student
-    precision.prepare_model(module)
-    params = distiller.get_learnable_parameters() if distiller is not None else list(student.parameters())
-    optimizer = torch.optim.SGD(params, args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+    distiller = build_distiller(args, teacher, student).to(device)  # none: the student alone
+    precision.prepare_model(distiller)
+    optimizer = torch.optim.SGD(distiller.get_learnable_parameters(), args.lr, momentum=args.momentum,
+                                weight_decay=args.weight_decay)
 
     same = {"teacher_model": args.teacher_model, "distill_positions": args.distill_positions,
-            **({"mgd_reducer": reducer(args)} if reducer(args) else {})} if distiller is not None else {}
+            **({"mgd_reducer": reducer(args)} if reducer(args) else {})} if distiller.needs_teacher else {}
     start_epoch, best = 0, 0.0
     if args.resume:
         ckpt = load_checkpoint(args.resume, ("student", "epoch", "optimizer", "best_miou", "method"))
-        if ckpt["method"] != (args.distiller or NO_METHOD):
+        if ckpt["method"] != args.distiller:
             raise UserError(f"--resume: {args.resume} was written with --distiller {ckpt['method']}, this run has "
-                            f"--distiller {args.distiller or NO_METHOD}")
+                            f"--distiller {args.distiller}")
         check_resume_matches(ckpt, args.resume, model=args.model)
         start_epoch = resume_from(ckpt, args.resume, student, "student", optimizer, precision, None, distiller,
                                   args.epochs, num_classes=num_classes, **same)
         best = float(ckpt["best_miou"])
 
-    trainable = wrap_for_training(module, device, args.distributed, args.gpu, precision=precision)
+    trainable = wrap_for_training(distiller, device, args.distributed, args.gpu, precision=precision)
     log = RunLog(args.output_dir, args.rank, args.tensorboard)
-    task_weight = distiller.task_weight if distiller is not None else 1.0
+    task_weight = distiller.task_weight
     state = {"iteration": 0, "total": 1, "first": True}
 
     def step(batch):
         set_poly_lr(optimizer, args.lr, state["iteration"], state["total"])
         state["iteration"] += 1
         images, target = precision.to_device(batch[0]), batch[1].to(device, non_blocking=True)
-        if distiller is not None:
-            output, terms = trainable(images, target)
-            terms = mean_terms(terms)
-        else:
-            output, terms = trainable(images), {}
+        output, terms = trainable(images, target)
+        terms = mean_terms(terms)
         ce = seg_cross_entropy(output, target)
         loss = task_weight * ce + sum(terms.values())
         parts = {"ce": ce.item(), **{k: v.item() for k, v in terms.items()}}
@@ -300,10 +281,7 @@ def worker(local_rank: int, args) -> None:
         state["first"] = False
         return loss, parts, images.shape[0]
 
-    def prepare(epoch: int) -> dict:
-        if distiller is None:
-            return {}
-        distiller.set_epoch(epoch)  # methods whose terms ramp in over a warm-up read it
+    def prepare(epoch: int) -> dict:  # announces the epoch (warm-ups), prepares when the method asks
         return prepare_if_due(distiller, epoch, lambda e: prepare_loader(
             prepare_set, args.per_process_batch, args.workers, e, args.seed or 0, args.rank, args.world_size,
             device.type == "cuda"), log)
@@ -329,13 +307,12 @@ def worker(local_rank: int, args) -> None:
         record = {"epoch": epoch, "lr": lr, **{f"train_{k}": v for k, v in stats.items()}, "miou": val["miou"],
                   "pixel_acc": val["pixel_acc"], "val_loss": val["loss"], "iou": val["iou"], "best_miou": best,
                   **before, "seconds": round(time.time() - begin, 1)}
-        extra = {"distiller": distiller.own_state_dict()} if distiller is not None else {}
-        refuse_non_finite({"the student": student.state_dict(), **({"the distiller": extra["distiller"]}
-                                                                   if extra else {})},
+        extra = {"distiller": distiller.own_state_dict()}
+        refuse_non_finite({"the student": student.state_dict(), "the distiller": extra["distiller"]},
                           epoch, args.output_dir, resumed_from=args.resume, val_loss=val["loss"])
         if args.rank == 0:
             ckpt = {"epoch": epoch + 1, "model": args.model, "num_classes": num_classes,
-                    "method": args.distiller or NO_METHOD, "student": student.state_dict(),
+                    "method": args.distiller, "student": student.state_dict(),
                     "optimizer": optimizer.state_dict(), "scaler": precision.state_dict(), "best_miou": best,
                     "args": plain_args(args), **extra, **same}
             with deferred_signals():

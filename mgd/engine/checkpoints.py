@@ -132,7 +132,7 @@ def restore_training_state(ckpt: Dict[str, Any], path: str, optimizer: torch.opt
     with other options (another reducer, teacher or mgd version) is a one-line UserError that says so."""
     if distiller is not None:
         try:
-            distiller.load_own_state_dict(ckpt[distiller_key])
+            distiller.load_own_state_dict(ckpt.get(distiller_key, {}))  # none before the 'none' method: {}
         except (RuntimeError, KeyError) as exc:
             first = str(exc).splitlines()[0][:300]
             raise UserError(f"--resume: the distiller state in {path} does not fit this run (written with other "

@@ -155,3 +155,15 @@ BAD = ["empty class folder", "output dir is a file", "output dir under a file", 
 def test_every_bad_input_is_one_line_and_exit_code_2(case, image_folder, teacher_weights, finished, tmp_path):
     script, argv, expect = _bad(case, image_folder, teacher_weights, finished, tmp_path)
     one_line_error(run(script, *argv, check=False), expect)
+
+
+def test_a_main_base_checkpoint_from_before_the_none_method_still_resumes(image_folder, tmp_path):
+    """main_base.py's checkpoints had no 'method' nor 'distiller' before plain training became the 'none' method:
+    such a checkpoint resumes (as none) and trains its next epoch."""
+    out = tmp_path / "old"
+    run("main_base.py", *common(image_folder, out))
+    state = torch.load(out / "last.pth", weights_only=True)
+    assert state.pop("method") == "none" and state.pop("distiller") == {}
+    torch.save(state, out / "last.pth")
+    run("main_base.py", *common(image_folder, out, epochs=2), "--resume", out / "last.pth")
+    assert [r["epoch"] for r in records(out) if "epoch" in r] == [0, 1]
