@@ -1,27 +1,22 @@
-"""What main_base.py and main_mgd.py share: building the networks, the worker's set-up, and the epoch loop,
-flat and explicit as in torchvision's references (``train_one_epoch``, ``evaluate``, a ``fit`` loop).
-
-Exact resume: when ``--seed`` is given, everything random in epoch e (the data order, augmentations, the
-rd reducer) is seeded from (seed, e) at the start of the epoch, so an interrupted run resumed from its
-last checkpoint computes the same epochs as an uninterrupted one.
+"""What main_base.py and main_mgd.py share: building the networks, the one worker of both scripts, and what
+classification adds to the engine's epoch loop (:class:`ClassificationEpochs` for :func:`mgd.engine.loop.fit`).
 """
 from __future__ import annotations
 
 import argparse
 import logging
 import os
-import time
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 from torch import nn
 
 import mgd
-from mgd.checkpoint import atomic_save, deferred_signals
-from mgd.engine import (Precision, RunLog, UserError, WithIndices, epoch_loader, eval_loader, last_good_checkpoint,
-                        load_backbone_weights, load_checkpoint, mean_terms, plain_args, prepare_if_due,
-                        prepare_loader, read_weights, refuse_non_finite, resume_from, save_checkpoints,
-                        seed_everything, setup_process, start_output_dir, train_one_epoch, wrap_for_training)
+from mgd.checkpoint import atomic_save
+from mgd.engine import (Precision, RunLog, UserError, WithIndices, eval_loader, load_backbone_weights,
+                        load_checkpoint, mean_terms, plain_args, prepare_loader, read_weights, resume_from,
+                        save_checkpoints, setup_process, start_output_dir, wrap_for_training)
+from mgd.engine.loop import EpochTask, fit
 from mgd.engine.args import distiller_options_from_args
 from mgd.engine.checkpoints import check_epochs_left
 from mgd.features import classifier_layer
@@ -144,52 +139,57 @@ def evaluate_models(models: Dict[str, nn.Module], valid_loader, device: torch.de
             print(f"{name}: top-1 {stats['top1']:.2f}  top-5 {stats['top5']:.2f}  loss {stats['loss']:.4f}")
 
 
-def fit(*, args: argparse.Namespace, device: torch.device, precision: Precision, student: nn.Module,
-        step: StepFn, trainable: nn.Module, optimizer, scheduler, train_set, valid_loader,
-        extra_state: Callable[[], Dict[str, Any]], log: RunLog,
-        before_epoch: Optional[Callable[[int], Dict[str, Any]]] = None,
-        start_epoch: int = 0, best_acc1: float = 0.0, drop_last: bool = False) -> float:
-    """Epoch loop: ``before_epoch`` (the distiller's prepare step), train, step the LR, evaluate,
-    checkpoint, log. ``trainable`` is what gets train mode (the DDP-wrapped module); ``extra_state()`` adds
-    to checkpoints (e.g. the distiller's state). Returns the best top-1."""
-    for epoch in range(start_epoch, args.epochs):
-        start = time.time()
-        if args.seed is not None:
-            seed_everything(args.seed * 1000 + epoch)
-        before = before_epoch(epoch) if before_epoch is not None else {}
-        lr = optimizer.param_groups[0]["lr"]
-        trainable.train()
-        loader = epoch_loader(train_set, args.per_process_batch, args.workers, epoch, args.seed or 0, args.rank,
-                              args.world_size, device.type == "cuda", drop_last=drop_last)
-        train_stats = train_one_epoch(step, loader, optimizer, precision, epoch, device, args.rank == 0,
-                                      args.print_freq, last_good_checkpoint(args.output_dir, resumed_from=args.resume))
-        scheduler.step()
-        val = evaluate(student, valid_loader, device)
-        record: Dict[str, Any] = {"epoch": epoch, "lr": lr, **{k if k.startswith("train_") else f"train_{k}": v
-                                                               for k, v in train_stats.items()},
-                                  "top1": val["top1"], "top5": val["top5"], "val_loss": val["loss"], **before}
-        is_best = val["top1"] > best_acc1
-        best_acc1 = max(best_acc1, val["top1"])
-        record["best_top1"] = best_acc1
-        record["seconds"] = round(time.time() - start, 1)
-        extra = extra_state()
-        refuse_non_finite({"the student": student.state_dict(), "the distiller": extra.get("distiller", {})},
-                          epoch, args.output_dir, resumed_from=args.resume, val_loss=val["loss"])  # every rank
-        if args.rank == 0:
-            state = {"epoch": epoch + 1, "arch": args.arch, "num_classes": classifier(student)[1].out_features,
-                     "student": student.state_dict(), "optimizer": optimizer.state_dict(),
-                     "lr_scheduler": scheduler.state_dict(), "scaler": precision.state_dict(),
-                     "best_acc1": best_acc1, "args": plain_args(args), **extra}
-            with deferred_signals():  # a Ctrl-C waits for the set of files, not only for the file being written
-                save_checkpoints(state, args.output_dir, ["last.pth"] + (["best.pth"] if is_best else []))
-                atomic_save(student.state_dict(), os.path.join(args.output_dir, "student.pth"))
-        parts = "  ".join(f"{k} {v:.4f}" for k, v in train_stats.items() if k != "train_top1")
-        logger.info("epoch %d/%d  %s  train top-1 %.2f  val top-1 %.2f top-5 %.2f  lr %.4g  %.0f s",
-                    epoch, args.epochs - 1, parts, train_stats.get("train_top1", 0.0), val["top1"], val["top5"],
-                    lr, record["seconds"])
-        log.write(record)
-    log.close()
-    return best_acc1
+class ClassificationEpochs(EpochTask):
+    """What classification adds to the engine's one loop: the step-wise LR schedule (stepped after each epoch),
+    top-1 / top-5 on the validation set (the best top-1 makes best.pth), and its checkpoint set: last.pth,
+    best.pth (the student, optimizer, schedule, GradScaler, the distiller's state and the run's identity) and
+    student.pth (the plain state dict)."""
+
+    score = "top1"
+    log_name = "cls"
+
+    def __init__(self, args: argparse.Namespace, device: torch.device, precision: Precision, student: nn.Module,
+                 distiller: mgd.Distiller, optimizer, scheduler, valid_loader, prepare_set,
+                 identity: Dict[str, Any]) -> None:
+        self.args, self.device, self.precision, self.student, self.distiller = args, device, precision, student, \
+            distiller
+        self.optimizer, self.scheduler, self.valid_loader, self.prepare_set = optimizer, scheduler, valid_loader, \
+            prepare_set
+        self.identity = identity
+
+    def prepare_loader(self, epoch: int):  # the training images through the validation transforms
+        a = self.args
+        return prepare_loader(self.prepare_set, a.per_process_batch, a.workers, epoch, a.seed or 0, a.rank,
+                              a.world_size, self.device.type == "cuda")
+
+    def after_epoch(self, epoch: int) -> None:
+        self.scheduler.step()
+
+    def evaluate(self, epoch: int) -> Dict[str, Any]:
+        val = evaluate(self.student, self.valid_loader, self.device)
+        return {"top1": val["top1"], "top5": val["top5"], "val_loss": val["loss"]}
+
+    def train_record(self, stats: Dict[str, float]) -> Dict[str, Any]:
+        return {k if k.startswith("train_") else f"train_{k}": v for k, v in stats.items()}
+
+    def weights(self) -> Dict[str, Dict[str, torch.Tensor]]:
+        return {"the student": self.student.state_dict(), "the distiller": self.distiller.own_state_dict()}
+
+    def save(self, epoch: int, record: Dict[str, Any], is_best: bool, best: float) -> None:
+        a = self.args
+        state = {"epoch": epoch + 1, "arch": a.arch, "num_classes": classifier(self.student)[1].out_features,
+                 "student": self.student.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "lr_scheduler": self.scheduler.state_dict(), "scaler": self.precision.state_dict(),
+                 "best_acc1": best, "args": plain_args(a), "distiller": self.distiller.own_state_dict(),
+                 "method": a.distiller, **self.identity}
+        save_checkpoints(state, a.output_dir, ["last.pth"] + (["best.pth"] if is_best else []))
+        atomic_save(self.student.state_dict(), os.path.join(a.output_dir, "student.pth"))
+
+    def summary(self, epoch: int, record: Dict[str, Any]) -> str:
+        parts = "  ".join(f"{k[len('train_'):]} {v:.4f}" for k, v in record.items()
+                          if k.startswith("train_") and k != "train_top1")
+        return (f"{parts}  train top-1 {record.get('train_top1', 0.0):.2f}  val top-1 {record['top1']:.2f} "
+                f"top-5 {record['top5']:.2f}  lr {record['lr']:.4g}  {record['seconds']:.0f} s")
 
 
 def resume(args: argparse.Namespace, student: nn.Module, optimizer, scheduler, precision: Precision,
@@ -319,13 +319,7 @@ def train_worker(local_rank: int, args: argparse.Namespace,
         parts["train_top1"] = accuracy(output.detach(), target, topk=(1,))[0] / images.shape[0] * 100
         return loss, parts, images.shape[0]
 
-    def prepare(epoch: int) -> dict:  # in float32: the matching statistics come from full-precision features
-        return prepare_if_due(distiller, epoch, lambda e: prepare_loader(
-            prepare_set, args.per_process_batch, args.workers, e, args.seed or 0, args.rank, args.world_size,
-            device.type == "cuda"), log)
-
-    fit(args=args, device=device, precision=precision, student=student, step=step, trainable=trainable,
-        optimizer=optimizer, scheduler=scheduler, train_set=train_set, valid_loader=valid_loader,
-        extra_state=lambda: {"distiller": distiller.own_state_dict(), "method": args.distiller, **same},
-        log=log, before_epoch=prepare, start_epoch=start_epoch, best_acc1=best,
-        drop_last=distiller.needs_full_batches)
+    task = ClassificationEpochs(args, device, precision, student, distiller, optimizer, scheduler, valid_loader,
+                                prepare_set, same)
+    fit(args=args, device=device, precision=precision, distiller=distiller, trainable=trainable, step=step,
+        optimizer=optimizer, train_set=train_set, log=log, task=task, start_epoch=start_epoch, best=best)

@@ -17,7 +17,6 @@ import argparse
 import logging
 import os
 import sys
-import time
 from typing import Any, Dict, List, Optional
 
 if __package__ in (None, ""):  # run as a script: make the repository root importable
@@ -28,13 +27,13 @@ from torch import nn
 
 import mgd
 from mgd import distributed as mdist
-from mgd.checkpoint import atomic_save, deferred_signals
+from mgd.checkpoint import atomic_save
 from mgd.registry import distiller_options, option_default, registered_methods
 from mgd.engine import (ArgumentParser, Precision, RunLog, UserError, add_launch_arguments, add_precision_arguments,
-                        add_run_arguments, check_output_dir, epoch_loader, eval_loader, last_good_checkpoint,
-                        launch, load_checkpoint, mean_terms, plain_args, prepare_if_due, prepare_loader,
-                        read_weights, refuse_non_finite, resume_from, run_cli, save_checkpoints, seed_everything,
-                        setup_process, start_output_dir, train_one_epoch, worker_guard, wrap_for_training)
+                        add_run_arguments, check_output_dir, eval_loader, launch, load_checkpoint, mean_terms,
+                        plain_args, prepare_loader, read_weights, resume_from, run_cli, save_checkpoints,
+                        setup_process, start_output_dir, worker_guard, wrap_for_training)
+from mgd.engine.loop import EpochTask, fit
 from mgd.engine.checkpoints import check_resume_matches
 from mgd.engine.args import (distiller_options_from_args, loss_factor, non_negative_float, non_negative_int,
                              positive_float, positive_int)
@@ -281,48 +280,64 @@ def worker(local_rank: int, args) -> None:
         state["first"] = False
         return loss, parts, images.shape[0]
 
-    def prepare(epoch: int) -> dict:  # announces the epoch (warm-ups), prepares when the method asks
-        return prepare_if_due(distiller, epoch, lambda e: prepare_loader(
-            prepare_set, args.per_process_batch, args.workers, e, args.seed or 0, args.rank, args.world_size,
-            device.type == "cuda"), log)
+    task = SegmentationEpochs(args, device, precision, student, distiller, optimizer, val_loader, prepare_set,
+                              num_classes, same, state)
+    fit(args=args, device=device, precision=precision, distiller=distiller, trainable=trainable, step=step,
+        optimizer=optimizer, train_set=train_set, log=log, task=task, start_epoch=start_epoch, best=best)
 
-    for epoch in range(start_epoch, args.epochs):
-        begin = time.time()
-        if args.seed is not None:
-            seed_everything(args.seed * 1000 + epoch)
-        before = prepare(epoch)
-        trainable.train()
-        loader = epoch_loader(train_set, args.per_process_batch, args.workers, epoch, args.seed or 0, args.rank,
-                              args.world_size, device.type == "cuda", drop_last=True)
-        state["total"] = len(loader) * args.epochs
-        state["iteration"] = len(loader) * epoch
-        lr = set_poly_lr(optimizer, args.lr, state["iteration"], state["total"])
-        stats = train_one_epoch(step, loader, optimizer, precision, epoch, device, args.rank == 0, args.print_freq,
-                                last_good_checkpoint(args.output_dir, resumed_from=args.resume))
-        for buffer in student.buffers():  # BN statistics as rank 0's on every rank: every rank evaluates one model
+
+class SegmentationEpochs(EpochTask):
+    """What segmentation adds to the engine's one loop: the poly LR per iteration, rank 0's BN statistics on every
+    rank before the evaluation, mIoU on the validation set (the best makes best.pth), and its checkpoints."""
+
+    score = "miou"
+    log_name = "seg"
+    drop_last = True
+
+    def __init__(self, args, device, precision, student, distiller, optimizer, val_loader, prepare_set,
+                 num_classes: int, identity: Dict[str, Any], schedule: Dict[str, int]) -> None:
+        self.args, self.device, self.precision, self.student, self.distiller = args, device, precision, student, \
+            distiller
+        self.optimizer, self.val_loader, self.prepare_set = optimizer, val_loader, prepare_set
+        self.num_classes, self.identity, self.schedule = num_classes, identity, schedule
+
+    def prepare_loader(self, epoch: int):
+        a = self.args
+        return prepare_loader(self.prepare_set, a.per_process_batch, a.workers, epoch, a.seed or 0, a.rank,
+                              a.world_size, self.device.type == "cuda")
+
+    def before_epoch(self, epoch: int, loader, optimizer) -> float:
+        self.schedule["total"] = len(loader) * self.args.epochs
+        self.schedule["iteration"] = len(loader) * epoch
+        return set_poly_lr(optimizer, self.args.lr, self.schedule["iteration"], self.schedule["total"])
+
+    def after_epoch(self, epoch: int) -> None:
+        for buffer in self.student.buffers():  # BN statistics as rank 0's on every rank: every rank evaluates one
             mdist.broadcast(buffer, 0)
-        val = evaluate(student, val_loader, device, num_classes, args.rank == 0)
-        is_best = val["miou"] > best
-        best = max(best, val["miou"])
-        record = {"epoch": epoch, "lr": lr, **{f"train_{k}": v for k, v in stats.items()}, "miou": val["miou"],
-                  "pixel_acc": val["pixel_acc"], "val_loss": val["loss"], "iou": val["iou"], "best_miou": best,
-                  **before, "seconds": round(time.time() - begin, 1)}
-        extra = {"distiller": distiller.own_state_dict()}
-        refuse_non_finite({"the student": student.state_dict(), "the distiller": extra["distiller"]},
-                          epoch, args.output_dir, resumed_from=args.resume, val_loss=val["loss"])
-        if args.rank == 0:
-            ckpt = {"epoch": epoch + 1, "model": args.model, "num_classes": num_classes,
-                    "method": args.distiller, "student": student.state_dict(),
-                    "optimizer": optimizer.state_dict(), "scaler": precision.state_dict(), "best_miou": best,
-                    "args": plain_args(args), **extra, **same}
-            with deferred_signals():
-                save_checkpoints(ckpt, args.output_dir, ["last.pth"] + (["best.pth"] if is_best else []))
-                atomic_save(student.state_dict(), os.path.join(args.output_dir, "student.pth"))
-        parts = "  ".join(f"{k} {v:.4f}" for k, v in stats.items())
-        logger.info("epoch %d/%d  %s  val mIoU %.2f  pixel acc %.2f  lr %.4g  %.0f s", epoch, args.epochs - 1, parts,
-                    val["miou"], val["pixel_acc"], lr, record["seconds"])
-        log.write(record)
-    log.close()
+
+    def evaluate(self, epoch: int) -> Dict[str, Any]:
+        val = evaluate(self.student, self.val_loader, self.device, self.num_classes, self.args.rank == 0)
+        return {"miou": val["miou"], "pixel_acc": val["pixel_acc"], "val_loss": val["loss"], "iou": val["iou"]}
+
+    def train_record(self, stats: Dict[str, float]) -> Dict[str, Any]:
+        return {f"train_{k}": v for k, v in stats.items()}
+
+    def weights(self) -> Dict[str, Dict[str, torch.Tensor]]:
+        return {"the student": self.student.state_dict(), "the distiller": self.distiller.own_state_dict()}
+
+    def save(self, epoch: int, record: Dict[str, Any], is_best: bool, best: float) -> None:
+        a = self.args
+        ckpt = {"epoch": epoch + 1, "model": a.model, "num_classes": self.num_classes, "method": a.distiller,
+                "student": self.student.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scaler": self.precision.state_dict(), "best_miou": best, "args": plain_args(a),
+                "distiller": self.distiller.own_state_dict(), **self.identity}
+        save_checkpoints(ckpt, a.output_dir, ["last.pth"] + (["best.pth"] if is_best else []))
+        atomic_save(self.student.state_dict(), os.path.join(a.output_dir, "student.pth"))
+
+    def summary(self, epoch: int, record: Dict[str, Any]) -> str:
+        parts = "  ".join(f"{k[len('train_'):]} {v:.4f}" for k, v in record.items() if k.startswith("train_"))
+        return (f"{parts}  val mIoU {record['miou']:.2f}  pixel acc {record['pixel_acc']:.2f}  "
+                f"lr {record['lr']:.4g}  {record['seconds']:.0f} s")
 
 
 def main(argv=None) -> None:

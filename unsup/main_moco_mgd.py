@@ -19,7 +19,6 @@ import logging
 import math
 import os
 import sys
-import time
 from typing import List
 
 if __package__ in (None, ""):
@@ -30,15 +29,16 @@ import torchvision
 from torch import nn
 
 import mgd
-from mgd.checkpoint import atomic_save, deferred_signals, strip_prefix
+from mgd.checkpoint import atomic_save, strip_prefix
 from mgd.engine import (ArgumentParser, Precision, RunLog, SkipUnreadable, UserError, add_launch_arguments,
                         add_precision_arguments, add_run_arguments, check_output_dir, epoch_loader, image_folder,
-                        last_good_checkpoint, launch, load_checkpoint, plain_args, prepare_if_due, refuse_non_finite,
-                        resume_from, run_cli, save_checkpoints, seed_everything, setup_process, start_output_dir,
-                        train_one_epoch, worker_guard, wrap_for_training)
+                        launch, load_checkpoint, plain_args, resume_from, run_cli, save_checkpoints, setup_process,
+                        start_output_dir, worker_guard, wrap_for_training)
+from mgd.engine.loop import EpochTask, fit
 from mgd.calibration import DEFAULT_LOSS_RATIO
 from mgd.registry import option_default, registered_methods
-from mgd.engine.args import distiller_options_from_args, loss_factor, non_negative_float, non_negative_int, positive_float, positive_int
+from mgd.engine.args import (distiller_options_from_args, loss_factor, non_negative_float, non_negative_int,
+                             positive_float, positive_int)
 from mgd.engine.checkpoints import check_epochs_left
 from unsup.moco import MoCo, TwoCropsTransform, moco_augmentation
 
@@ -84,9 +84,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher-resume", required=True, metavar="PATH", help="an official MoCo-v2 checkpoint")
     p.add_argument("--distiller", default="mgd", choices=feature_methods(), help="the method that distils the "
                    "teacher's stage features into the query encoder's (any registered feature method)")
-    p.add_argument("--loss-factor", default=1e4, type=loss_factor, help="mgd/sm/ofd: the distillation loss is divided by the "
-                   "batch size and this factor; 'auto': measured after the first matching so that the distillation "
-                   "term starts at --loss-ratio times the InfoNCE loss (kept in the checkpoint)")
+    p.add_argument("--loss-factor", default=1e4, type=loss_factor, help="mgd/sm/ofd: the distillation loss is "
+                   "divided by the batch size and this factor; 'auto': measured after the first matching so that the "
+                   "distillation term starts at --loss-ratio times the InfoNCE loss (kept in the checkpoint)")
     p.add_argument("--loss-ratio", default=DEFAULT_LOSS_RATIO, type=positive_float,
                    help="with --loss-factor auto: the distillation term's start as a multiple of InfoNCE")
     p.add_argument("--mgd-reducer", default="amp", choices=["amp", "rd", "sp", "sm"])
@@ -229,36 +229,53 @@ def worker(local_rank: int, args) -> None:
                  "instance_top1": top1}
         return distiller.task_weight * contrastive + sum(terms.values()), parts, im_q.shape[0]
 
-    for epoch in range(start_epoch, args.epochs):
-        begin = time.time()
-        if args.seed is not None:
-            seed_everything(args.seed * 1000 + epoch)
-        prepare_if_due(distiller, epoch, query_images, log)
-        lr = learning_rate(args, epoch)
+    fit(args=args, device=device, precision=precision, distiller=distiller, trainable=trainable, step=step,
+        optimizer=optimizer, train_set=dataset, log=log, task=PretrainingEpochs(args, moco, distiller, optimizer,
+                                                                                 precision, query_images),
+        start_epoch=start_epoch)
+
+
+class PretrainingEpochs(EpochTask):
+    """What MoCo-v2 pretraining adds to the engine's one loop: its epoch LR (step or cosine), no evaluation, equal
+    batches (MoCo's queue), and its checkpoints: checkpoint_<epoch>.pth.tar and checkpoint_last.pth.tar (the MoCo
+    model, optimizer, GradScaler and the distiller's state), and student_backbone.pth (the query encoder without
+    its projection head)."""
+
+    last_names = LAST
+    drop_last = True
+    log_name = "unsup"
+
+    def __init__(self, args, moco: MoCo, distiller: mgd.Distiller, optimizer, precision: Precision,
+                 prepare_loader) -> None:
+        self.args, self.moco, self.distiller, self.optimizer, self.precision = args, moco, distiller, optimizer, \
+            precision
+        self.prepare_loader = prepare_loader
+
+    def before_epoch(self, epoch: int, loader, optimizer) -> float:
+        lr = learning_rate(self.args, epoch)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        trainable.train()
-        loader = epoch_loader(dataset, args.per_process_batch, args.workers, epoch, args.seed or 0, args.rank,
-                              args.world_size, device.type == "cuda", drop_last=True)  # MoCo's queue: equal batches
-        stats = train_one_epoch(step, loader, optimizer, precision, epoch, device, args.rank == 0, args.print_freq,
-                                last_good_checkpoint(args.output_dir, LAST, args.resume))
-        stats = {"epoch": epoch, "lr": lr, **{k: v for k, v in stats.items() if k != "loss"},
-                 "seconds": round(time.time() - begin, 1)}
-        terms = "  ".join(f"{k[len('loss_'):]} {v:.4f}" for k, v in stats.items() if k.startswith("loss_"))
-        logger.info("epoch %d/%d  %s  instance top-1 %.2f  lr %.4g  %.0f s", epoch, args.epochs - 1, terms,
-                    stats["instance_top1"], lr, stats["seconds"])
-        log.write(stats)
-        refuse_non_finite({"the MoCo model": moco.state_dict(), "the distiller": distiller.own_state_dict()},
-                          epoch, args.output_dir, LAST, args.resume)  # on every rank: they stop together
-        if args.rank == 0:
-            state = {"epoch": epoch + 1, "arch": args.arch, "method": args.distiller, "state_dict": moco.state_dict(),
-                     "optimizer": optimizer.state_dict(), "distiller": distiller.own_state_dict(),
-                     "scaler": precision.state_dict(), "args": plain_args(args)}
-            backbone = {k: v for k, v in moco.encoder_q.state_dict().items() if not k.startswith("fc.")}
-            with deferred_signals():  # a Ctrl-C waits for the set of files, not only for the file being written
-                save_checkpoints(state, args.output_dir, [f"checkpoint_{epoch:04d}.pth.tar", *LAST])
-                atomic_save(backbone, os.path.join(args.output_dir, "student_backbone.pth"))
-    log.close()
+        return lr
+
+    def train_record(self, stats):
+        return {k: v for k, v in stats.items() if k != "loss"}
+
+    def weights(self):
+        return {"the MoCo model": self.moco.state_dict(), "the distiller": self.distiller.own_state_dict()}
+
+    def save(self, epoch: int, record, is_best: bool, best: float) -> None:
+        a = self.args
+        state = {"epoch": epoch + 1, "arch": a.arch, "method": a.distiller, "state_dict": self.moco.state_dict(),
+                 "optimizer": self.optimizer.state_dict(), "distiller": self.distiller.own_state_dict(),
+                 "scaler": self.precision.state_dict(), "args": plain_args(a)}
+        backbone = {k: v for k, v in self.moco.encoder_q.state_dict().items() if not k.startswith("fc.")}
+        save_checkpoints(state, a.output_dir, [f"checkpoint_{epoch:04d}.pth.tar", *LAST])
+        atomic_save(backbone, os.path.join(a.output_dir, "student_backbone.pth"))
+
+    def summary(self, epoch: int, record) -> str:
+        terms = "  ".join(f"{k[len('loss_'):]} {v:.4f}" for k, v in record.items() if k.startswith("loss_"))
+        return (f"{terms}  instance top-1 {record['instance_top1']:.2f}  lr {record['lr']:.4g}  "
+                f"{record['seconds']:.0f} s")
 
 
 def main(argv=None) -> None:

@@ -110,18 +110,19 @@ def test_resumed_run_equals_uninterrupted(seg_folder, seg_teacher, tmp_path, mon
     full, part = tmp_path / "full", tmp_path / "part"
     argv = distil(seg_folder, full, seg_teacher, "mgd", epochs=3) + ["--mgd-reducer", "rd"]
     train_here(*argv)
-    real = seg_train.train_one_epoch
+    from mgd.engine import loop
+    real = loop.train_one_epoch
 
     def interrupted(step, loader, optimizer, precision, epoch, *rest, **kw):  # Ctrl-C during the third epoch
         if epoch == 2:
             raise KeyboardInterrupt
         return real(step, loader, optimizer, precision, epoch, *rest, **kw)
-    monkeypatch.setattr(seg_train, "train_one_epoch", interrupted)
+    monkeypatch.setattr(loop, "train_one_epoch", interrupted)
     argv[argv.index("--output-dir") + 1] = part
     with pytest.raises(KeyboardInterrupt):
         train_here(*argv)
     assert torch.load(part / "last.pth", weights_only=True)["epoch"] == 2
-    monkeypatch.setattr(seg_train, "train_one_epoch", real)
+    monkeypatch.setattr(loop, "train_one_epoch", real)
     train_here(*argv, "--resume", part / "last.pth")  # the poly LR depends on --epochs: the same 3 here
     a, b = torch.load(full / "last.pth", weights_only=True), torch.load(part / "last.pth", weights_only=True)
     assert a["epoch"] == b["epoch"] == 3

@@ -13,6 +13,7 @@ from PIL import Image
 
 from mgd.engine import UnreadableImage
 from mgd.engine import data as engine_data
+from mgd.engine import loop as engine_loop
 from mgd.engine.data import epoch_order
 from scripts import run_script
 from unsup import main_moco_mgd
@@ -219,7 +220,7 @@ def test_skip_bad_images_keeps_every_batch_full_for_the_queue(data, tmp_path, mo
     assert paths.index(str(also)) == paths.index(str(broken)) + 1
 
     reads, sizes, training = [], [], [False]  # (file, decoded) of every read during training; the batch sizes
-    real_read, real_train = engine_data.read_rgb_image, main_moco_mgd.train_one_epoch
+    real_read, real_train = engine_data.read_rgb_image, engine_loop.train_one_epoch
 
     def recording_read(path):
         try:
@@ -243,7 +244,7 @@ def test_skip_bad_images_keeps_every_batch_full_for_the_queue(data, tmp_path, mo
         finally:
             training[0] = False
     monkeypatch.setattr(engine_data, "read_rgb_image", recording_read)
-    monkeypatch.setattr(main_moco_mgd, "train_one_epoch", recording_train)
+    monkeypatch.setattr(engine_loop, "train_one_epoch", recording_train)
     root = logging.getLogger()  # the script's logging setup writes to this test's captured stdout: undone after
     monkeypatch.setattr(root, "handlers", list(root.handlers))
     monkeypatch.setattr(root, "level", root.level)
