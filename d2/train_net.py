@@ -25,7 +25,7 @@ from detectron2.evaluation import COCOEvaluator, verify_results  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
 
 from mgd.engine.errors import EXIT_USER  # noqa: E402
-from mgd_d2 import MGDUpdateHook, add_mgd_config, cpu_ddp, launch, register_coco_datasets  # noqa: E402
+from mgd_d2 import DistillDetector, MGDUpdateHook, add_mgd_config, cpu_ddp, launch, register_coco_datasets  # noqa: E402
 
 
 class Trainer(DefaultTrainer):
@@ -45,7 +45,7 @@ class Trainer(DefaultTrainer):
     def build_hooks(self):
         hooks = super().build_hooks()
         model = self.model.module if hasattr(self.model, "module") else self.model
-        if getattr(model, "distiller", None) is not None:
+        if isinstance(model, DistillDetector):
             hooks.insert(0, MGDUpdateHook(self.cfg))
         return hooks
 

@@ -6,7 +6,7 @@ META_ARCH_REGISTRY; nothing inside detectron2 is modified.
 """
 from .backbone import (build_resnet_prerelu_fpn_backbone, build_retinanet_resnet_prerelu_fpn_backbone,
                        resnet_stage_specs, stage_specs)
-from .config import FEATURE_METHODS, LOGIT_METHODS, add_mgd_config, teacher_config
+from .config import add_mgd_config, feature_methods, logit_methods, teacher_config
 from .datasets import register_coco_datasets
 from .hooks import MGDUpdateHook
 from .launch import cpu_ddp, launch
@@ -15,7 +15,7 @@ from .mobilenet import (MobileNetV2Backbone, build_mobilenet_v2_fpn_backbone,
 from .meta_arch import DistillDetector, DistillGeneralizedRCNN, DistillRetinaNet, MGDRetinaNet
 from .stage_norm import enable_stage_last_norm
 
-__all__ = ["add_mgd_config", "teacher_config", "FEATURE_METHODS", "LOGIT_METHODS",
+__all__ = ["add_mgd_config", "teacher_config", "feature_methods", "logit_methods",
            "build_retinanet_resnet_prerelu_fpn_backbone", "build_resnet_prerelu_fpn_backbone", "resnet_stage_specs",
            "stage_specs", "MobileNetV2Backbone", "build_retinanet_mobilenet_v2_fpn_backbone",
            "build_mobilenet_v2_fpn_backbone",

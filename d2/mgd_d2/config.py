@@ -2,14 +2,26 @@
 from __future__ import annotations
 
 import os
+from typing import List
 
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
-#: Methods on the backbones' pre-ReLU C2-C5 features (both meta-architectures), through mgd.build_distiller.
-FEATURE_METHODS = ("mgd", "ofd")
-#: Methods on the box head's class logits of the sampled proposals (Faster R-CNN only).
-LOGIT_METHODS = ("kd", "dkd")
+from mgd.registry import DISTILLERS, distiller_options, registered_methods
+
+
+def feature_methods() -> List[str]:
+    """The registered methods d2 distils on the backbones' pre-ReLU C2-C5 (both meta-architectures): those that
+    capture stage features and work on dense (N, C, H, W) maps (``needs_features`` and ``dense_outputs``): mgd,
+    sm, ofd, at, sp, and any other package's; read from the registry at each call, never a list of names."""
+    return registered_methods(needs_features=True, dense_outputs=True)
+
+
+def logit_methods() -> List[str]:
+    """The registered methods d2 distils on a Faster R-CNN box head's class logits of the sampled proposals:
+    those with a teacher that read only the networks' outputs and the labels (``needs_features`` False): kd,
+    dkd, dist, and any other package's (not nd, KD++, which needs the classifiers' embeddings)."""
+    return registered_methods(needs_features=False, needs_teacher=True)
 
 
 def add_mgd_config(cfg: CN) -> None:
@@ -28,10 +40,12 @@ def add_mgd_config(cfg: CN) -> None:
     cfg.MODEL.MOBILENET_V2.NORM = "BN"
     cfg.MODEL.MOBILENET_V2.PRETRAINED = ""
     cfg.MGD = CN()
-    # The method: "mgd" (matching + reducer, Yue et al. 2020), "ofd" (1x1 conv + BN connectors and OFD's
-    # margins, Heo et al. 2019), both on the backbones' pre-ReLU C2-C5; with a Faster R-CNN also "kd"
-    # (Hinton et al. 2015) and "dkd" (Zhao et al. 2022) on the box head's class logits of the student's
-    # sampled proposals, the teacher's box head run on those same proposals (as mdistiller's detection code).
+    # The method, any registered one (mgd.build_distiller) of two kinds (see feature_methods / logit_methods):
+    # the feature methods ("mgd": matching + reducer, Yue et al. 2020; "ofd": 1x1 conv + BN connectors and OFD's
+    # margins, Heo et al. 2019; "sm", "at", "sp", another package's) on the backbones' pre-ReLU C2-C5; with a
+    # Faster R-CNN also the logit methods ("kd", Hinton et al. 2015; "dkd", Zhao et al. 2022; "dist") on the box
+    # head's class logits of the student's sampled proposals, the teacher's box head run on those same
+    # proposals (as mdistiller's detection code).
     cfg.MGD.DISTILLER = "mgd"
     # Channel reducer: "amp" (absolute max pooling), "sp" (max pooling), "rd" (random drop), "sm" (sparse).
     cfg.MGD.REDUCER = "amp"
@@ -54,20 +68,28 @@ def add_mgd_config(cfg: CN) -> None:
     # "" : the LOSS_FACTORS above are the divisors. "auto": one more, global divisor is measured at the first
     # matching (before the first step for "ofd") so that loss_distill starts at LOSS_RATIO times the sum of the
     # detector's losses; the LOSS_FACTORS then only set the levels' relative weights (the original's balance).
-    # Kept in checkpoints. Feature methods only: "kd" / "dkd" have their own weights below.
+    # Kept in checkpoints. Only for a method with a loss factor (the partial-L2 ones: mgd, sm, ofd); the logit
+    # methods have their own weights below.
     cfg.MGD.LOSS_FACTOR = ""
     cfg.MGD.LOSS_RATIO = 2.0
     # Images (over all processes) of that measurement, read from the matching's own data stream.
     cfg.MGD.CALIBRATION_IMAGES = 64
     # Assignment solver: "ortools" or "scipy" (both exact).
     cfg.MGD.SOLVER = "ortools"
-    # "kd": loss_kd = WEIGHT * T^2 KL(softmax(t/T) || softmax(s/T)) over the sampled proposals; the detector's
-    # losses keep weight 1 (as mdistiller's detection code keeps them for its logit methods).
+    # A logit method's options: the keys of its section MGD.<NAME> (the method's flag prefixes, upper case: the
+    # registry's "kd" reads MGD.KD) are its keyword options, lower case (TEMPERATURE -> temperature); a method
+    # with a warm-up gets warmup_epochs 0 unless its section sets one (d2 counts iterations, not epochs). WEIGHT,
+    # unless the method has an option of that name, multiplies each of its terms. The detector's losses keep
+    # weight 1 whatever the method's task_weight (as mdistiller's detection code keeps them for its logit
+    # methods): the registry's kd weighs a classifier's cross-entropy 1 - alpha, which d2 does not apply.
+    # "kd": loss_kd = WEIGHT * ALPHA * T^2 KL(softmax(t/T) || softmax(s/T)) over the sampled proposals.
     cfg.MGD.KD = CN()
     cfg.MGD.KD.TEMPERATURE = 1.0
+    # the registry's kd alpha (the share of its T^2 KL); 1: the whole term, scaled by WEIGHT alone
+    cfg.MGD.KD.ALPHA = 1.0
     cfg.MGD.KD.WEIGHT = 1.0
-    # "dkd": loss_dkd = mgd.losses.dkd.dkd_loss(..., ALPHA, BETA, TEMPERATURE); mdistiller's detection
-    # defaults (configs/DKD: alpha 1, beta 0.25, T 1), not its CIFAR ones.
+    # "dkd": loss_dkd = mgd.losses.dkd_loss(..., ALPHA, BETA, TEMPERATURE) (the registry's dkd, no warm-up);
+    # mdistiller's detection defaults (configs/DKD: alpha 1, beta 0.25, T 1), not its CIFAR ones.
     cfg.MGD.DKD = CN()
     cfg.MGD.DKD.ALPHA = 1.0
     cfg.MGD.DKD.BETA = 0.25
@@ -84,20 +106,24 @@ def add_mgd_config(cfg: CN) -> None:
     cfg.MGD.CONFIG_DIR = ""
 
 
-def check_method(cfg: CN, logit_methods=LOGIT_METHODS) -> str:
-    """MGD.DISTILLER, checked: ValueError naming the valid ones (``logit_methods``: those the detector has)."""
+def check_method(cfg: CN, box_logits: bool = True) -> str:
+    """MGD.DISTILLER, checked: ValueError naming the valid ones (``box_logits``: whether the detector has a box
+    head whose class logits the logit methods distil, a Faster R-CNN)."""
     name = cfg.MGD.DISTILLER
-    valid = FEATURE_METHODS + tuple(logit_methods)
+    features, logits = feature_methods(), logit_methods()
+    valid = features + (logits if box_logits else [])
     if name not in valid:
-        more = "" if set(LOGIT_METHODS) <= set(valid) else f" ({', '.join(LOGIT_METHODS)} need a Faster R-CNN)"
+        more = "" if box_logits or not logits else f" ({', '.join(logits)} need a Faster R-CNN)"
         raise ValueError(f"MGD.DISTILLER {name!r} is not valid for {cfg.MODEL.META_ARCHITECTURE}; valid: "
                          f"{', '.join(valid)}{more}")
-    if name in LOGIT_METHODS and cfg.MGD.LOSS_FACTOR:
-        raise ValueError(f"MGD.LOSS_FACTOR {cfg.MGD.LOSS_FACTOR!r} calibrates the feature methods "
-                         f"({', '.join(FEATURE_METHODS)}); {name} is weighted by MGD.{name.upper()}.*: leave it empty")
     if cfg.MGD.LOSS_FACTOR not in ("", "auto"):
         raise ValueError(f"MGD.LOSS_FACTOR must be '' (the LOSS_FACTORS as given) or 'auto', "
                          f"got {cfg.MGD.LOSS_FACTOR!r}")
+    if cfg.MGD.LOSS_FACTOR and "loss_factor" not in distiller_options(name):
+        prefixes = DISTILLERS[name].flag_prefixes or (name,)
+        own = " or ".join(f"MGD.{p.upper()}.*" for p in prefixes)
+        raise ValueError(f"MGD.LOSS_FACTOR {cfg.MGD.LOSS_FACTOR!r} calibrates a method's loss factor and {name} has "
+                         f"none (a logit method is weighted by {own}): leave it empty")
     return name
 
 

@@ -1,5 +1,5 @@
-"""What a feature distiller derives from data (MGD's matching, the calibrated loss factor), as a Detectron2
-hook on its own data stream."""
+"""What a distiller derives from data (MGD's matching, the calibrated loss factor), as a Detectron2 hook on its
+own data stream."""
 from __future__ import annotations
 
 import itertools
@@ -36,12 +36,23 @@ class _KeepRandomState:
 
 
 class MGDUpdateHook(HookBase):
-    """For a distiller with a matching (MGD): re-solves it before the first step (also after a resume), then
-    every MGD.UPDATE_FREQ[0] iterations until MGD.UPDATE_SLOW_STEP[0], then every MGD.UPDATE_FREQ[1]. Each
-    update tracks MGD.UPDATE_ITER batches from a separate training-data loader (each process its own shard;
-    the statistics are all-reduced by the library), so the trainer's data stream is neither consumed nor
-    reordered. Updates are logged and appended to OUTPUT_DIR/mgd_updates.jsonl. For any feature distiller
-    with MGD.LOSS_FACTOR auto (OFD too): the loss factor, measured once, after the first matching if any."""
+    """What the distiller derives from data, on d2's own data stream and iteration schedule; which steps apply is
+    read off the distiller's capabilities and the config, never the method's name:
+
+    * a distiller whose ``prepare_tracks_features`` is true (MGD's matching, and any method whose prepare is a
+      tracking pass of both networks' stage features): its prepare step, :func:`mgd.mgd_update` with the
+      detector's tracking pass (:meth:`DistillDetector.track_batch`, the teacher's and the student's
+      preprocessing apart), before the first step (also after a resume), then every MGD.UPDATE_FREQ[0]
+      iterations until MGD.UPDATE_SLOW_STEP[0], then every MGD.UPDATE_FREQ[1]. Each update tracks
+      MGD.UPDATE_ITER batches from a separate training-data loader (each process its own shard; the statistics
+      are all-reduced by the library), so the trainer's data stream is neither consumed nor reordered. Updates
+      are logged (the count from the distiller's :meth:`~mgd.Distiller.prepare_summary`) and appended to
+      OUTPUT_DIR/mgd_updates.jsonl;
+    * MGD.LOSS_FACTOR auto (a method with a loss factor: MGD, OFD): the factor, measured once
+      (:func:`mgd.calibrate_loss_factor` on the detector's own losses), after the first matching if any, unless
+      the distiller already holds one (a resumed run).
+
+    A distiller with neither (AT, SP, a logit method, ...) makes the hook do nothing."""
 
     def __init__(self, cfg):
         self.cfg = cfg.clone()
@@ -66,46 +77,54 @@ class MGDUpdateHook(HookBase):
             with open(os.path.join(self.cfg.OUTPUT_DIR, "mgd_updates.jsonl"), "a") as f:
                 f.write(json.dumps(record) + "\n")
 
+    def _tracks(self) -> bool:
+        return self._meta_arch().distiller.prepare_tracks_features
+
+    def _needs_calibration(self) -> bool:
+        """MGD.LOSS_FACTOR auto (check_method admits it only for a method with a loss factor) and no factor yet."""
+        return self.cfg.MGD.LOSS_FACTOR == "auto" and self._meta_arch().distiller.needs_calibration
+
     def calibrate(self) -> None:
         """MGD.LOSS_FACTOR auto: measure the global loss factor once, after the first matching (a resumed run
         loads it from the checkpoint), on MGD.CALIBRATION_IMAGES images of the update's data stream."""
         meta = self._meta_arch()
-        d = meta.distiller
+        d, ratio = meta.distiller, float(self.cfg.MGD.LOSS_RATIO)
         with _KeepRandomState():
-            factor = mgd.calibrate_loss_factor(d, self._batches(10 ** 9), ratio=d.loss_ratio,
-                                               max_images=d.calibration_images, measure=meta.calibration_losses)
+            factor = mgd.calibrate_loss_factor(d, self._batches(10 ** 9), ratio=ratio,
+                                               max_images=self.cfg.MGD.CALIBRATION_IMAGES,
+                                               measure=meta.calibration_losses)
         d.set_loss_factor(factor)
-        logger.info("mgd: loss factor %.4g (loss_distill starts at %g x the detector's losses)", factor, d.loss_ratio)
+        logger.info("mgd: loss factor %.4g (loss_distill starts at %g x the detector's losses)", factor, ratio)
         self.trainer.storage.put_scalar("mgd_loss_factor", factor, smoothing_hint=False)
-        self._log({"iteration": self.trainer.iter, "loss_factor": factor, "loss_ratio": d.loss_ratio})
+        self._log({"iteration": self.trainer.iter, "loss_factor": factor, "loss_ratio": ratio})
 
     def update(self) -> None:
+        """The distiller's tracking pass and solve (:func:`mgd.mgd_update`, MGD.UPDATE_ITER batches), then the
+        calibration if one is due."""
         meta = self._meta_arch()
+        d = meta.distiller
         start = time.perf_counter()
         with _KeepRandomState():
-            mgd.mgd_update(self._batches(self.cfg.MGD.UPDATE_ITER), meta.distiller,
-                           track=lambda d, batch: meta.track_batch(batch))
+            mgd.mgd_update(self._batches(self.cfg.MGD.UPDATE_ITER), d, track=lambda _, batch: meta.track_batch(batch))
         iteration = self.trainer.iter
         self.update_iters.append(iteration)
         seconds = time.perf_counter() - start
-        updates = int(meta.distiller.num_updates)
-        logger.info("mgd: matching update %d at iteration %d (%.1f s)", updates, iteration, seconds)
+        # the distiller's count (MGD's prepare_summary; it survives a resume), else this run's
+        updates = int(d.prepare_summary().get("num_updates", len(self.update_iters)))
+        logger.info("mgd: %s update %d at iteration %d (%.1f s)", d.prepare_name, updates, iteration, seconds)
         self.trainer.storage.put_scalar("mgd_num_updates", updates, smoothing_hint=False)
         self._log({"iteration": iteration, "num_updates": updates, "seconds": round(seconds, 2)})
-        if meta.distiller.needs_calibration:
+        if self._needs_calibration():
             self.calibrate()
 
-    def _matches(self) -> bool:
-        return getattr(self._meta_arch().distiller, "prepare_name", "") == "matching"
-
     def before_train(self):
-        if self._matches():
+        if self._tracks():
             self.update()
-        elif self._meta_arch().distiller.needs_calibration:
+        elif self._needs_calibration():
             self.calibrate()
 
     def before_step(self):
-        if not self._matches():
+        if not self._tracks():
             return
         it = self.trainer.iter
         if it == self.trainer.start_iter:

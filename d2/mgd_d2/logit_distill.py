@@ -1,34 +1,54 @@
-"""Logit distillation of a Faster R-CNN's box head (KD, DKD): the student's class logits of the proposals its
-ROI heads sampled, against the teacher's box head run on those same proposals over the teacher's own
-features, as mdistiller's detection code does (its ``forward_pure_roi_head``). The losses themselves are the
-library's (:mod:`mgd.losses`)."""
+"""Logit distillation of a Faster R-CNN's box head (KD, DKD, any registered logit method): the student's class
+logits of the proposals its ROI heads sampled, against the teacher's box head run on those same proposals over
+the teacher's own features, as mdistiller's detection code does (its ``forward_pure_roi_head``). The method is
+the registry's (:func:`mgd.build_distiller`), its terms come from :meth:`mgd.Distiller.compute_terms`."""
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Dict, Iterator, List
+from typing import Any, Dict, Iterator, List, Tuple
 
 import torch
 from torch import nn
 
 from detectron2.structures import Instances
 
-from mgd.losses import kd_loss
-from mgd.losses.dkd import dkd_loss
-
-#: loss(student logits, teacher logits, ground-truth classes of the proposals) -> scalar
-LogitLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+import mgd
+from mgd.distillers.base import Distiller
+from mgd.registry import DISTILLERS, distiller_options
 
 
-def box_logit_loss(cfg) -> LogitLoss:
-    """MGD.DISTILLER "kd" or "dkd" with its MGD.KD.* / MGD.DKD.* settings."""
-    if cfg.MGD.DISTILLER == "kd":
-        weight, temperature = float(cfg.MGD.KD.WEIGHT), float(cfg.MGD.KD.TEMPERATURE)
-        return lambda s, t, gt: weight * kd_loss(s, t, temperature)
-    if cfg.MGD.DISTILLER == "dkd":
-        k = cfg.MGD.DKD
-        return lambda s, t, gt: dkd_loss(s, t, gt, alpha=float(k.ALPHA), beta=float(k.BETA),
-                                         temperature=float(k.TEMPERATURE))
-    raise ValueError(f"no logit loss for MGD.DISTILLER {cfg.MGD.DISTILLER!r}; valid: kd, dkd")
+def method_options(cfg, name: str) -> Tuple[Dict[str, Any], float]:
+    """(options, weight) of the method ``name`` from its config section(s) MGD.<PREFIX> (its ``flag_prefixes``,
+    else its name, upper case): each key, lower case, is one of its keyword options; WEIGHT, where the method has
+    no ``weight`` option, is d2's multiplier of its terms (1 without it). A method with a warm-up gets
+    ``warmup_epochs`` 0 unless a section sets it: d2 counts iterations and announces no epoch. ValueError naming
+    a key that is not an option of the method."""
+    accepted = distiller_options(name)
+    options: Dict[str, Any] = {}
+    weight = 1.0
+    for prefix in DISTILLERS[name].flag_prefixes or (name,):
+        section = cfg.MGD.get(prefix.upper())
+        if not hasattr(section, "items"):  # no section of that name (or a plain key)
+            continue
+        for key, value in section.items():
+            option = key.lower()
+            if option == "weight" and option not in accepted:
+                weight = float(value)
+            elif option in accepted:
+                options.setdefault(option, value)
+            else:
+                raise ValueError(f"MGD.{prefix.upper()}.{key} is not an option of {name}; its options: "
+                                 f"{', '.join(o.upper() for o in sorted(accepted))}")
+    if "warmup_epochs" in accepted:
+        options.setdefault("warmup_epochs", 0)
+    return options, weight
+
+
+def build_logit_distiller(cfg, teacher: nn.Module, student: nn.Module) -> Tuple[Distiller, float]:
+    """``mgd.build_distiller(MGD.DISTILLER, teacher, student, own_networks=False, **its MGD.<NAME>.* options)`` on
+    the two detectors, and d2's weight of its terms (:func:`method_options`)."""
+    options, weight = method_options(cfg, cfg.MGD.DISTILLER)
+    return mgd.build_distiller(cfg.MGD.DISTILLER, teacher, student, own_networks=False, **options), weight
 
 
 @contextlib.contextmanager

@@ -18,25 +18,30 @@ from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.modeling.meta_arch.rcnn import GeneralizedRCNN
 from detectron2.modeling.meta_arch.retinanet import RetinaNet
 
-from .config import FEATURE_METHODS, check_method, teacher_config
+from mgd.registry import DISTILLERS
+
+from .config import check_method, teacher_config
 from .feature_distill import build_feature_distiller, feature_loss
-from .logit_distill import box_logit_loss, capture_outputs, teacher_box_logits
+from .logit_distill import build_logit_distiller, capture_outputs, teacher_box_logits
 
 
 class DistillDetector(nn.Module):
-    """Training: the student's own losses plus the method's term (``loss_distill`` for the feature methods);
-    inference: the student alone. Checkpoint keys: ``student.*`` (a plain detector under that prefix),
-    ``teacher.*``, ``distiller.*`` (matching, margins, student-side norms or OFD's connectors).
+    """Training: the student's own losses plus the method's terms (``loss_distill`` for the feature methods,
+    ``loss_<term>`` for the logit ones); inference: the student alone. Checkpoint keys: ``student.*`` (a plain
+    detector under that prefix), ``teacher.*``, ``distiller.*`` (matching, margins, student-side norms or OFD's
+    connectors; none for the logit methods). Whether a method distils the backbones' features or the box
+    head's logits is its ``needs_features`` capability, never its name.
 
-    Subclasses set ``detector`` (the Detectron2 meta-architecture class of both networks) and may support
-    ``logit_methods`` by implementing :meth:`logit_losses`."""
+    Subclasses set ``detector`` (the Detectron2 meta-architecture class of both networks) and, when its box
+    head's class logits can be distilled (``box_logits``), implement :meth:`logit_losses`."""
 
     detector: type = nn.Module
-    logit_methods: Tuple[str, ...] = ()
+    #: Whether the logit methods (:func:`mgd_d2.config.logit_methods`) apply: a box head to read logits from.
+    box_logits: bool = False
 
     def __init__(self, cfg):
         super().__init__()
-        self.method = check_method(cfg, self.logit_methods)
+        self.method = check_method(cfg, self.box_logits)
         student_cfg = cfg.clone()
         student_cfg.defrost()
         student_cfg.MODEL.META_ARCHITECTURE = self.detector.__name__
@@ -46,12 +51,12 @@ class DistillDetector(nn.Module):
         if cfg.MGD.TEACHER.WEIGHTS:
             DetectionCheckpointer(self.teacher).load(cfg.MGD.TEACHER.WEIGHTS)
         self.ims_per_batch = cfg.SOLVER.IMS_PER_BATCH
-        if self.method in FEATURE_METHODS:
+        if DISTILLERS[self.method].needs_features:
             self.distiller = build_feature_distiller(cfg, self.teacher.backbone.bottom_up,
                                                      self.student.backbone.bottom_up)
+            self.logit_weight = 1.0
         else:
-            self.distiller = None
-            self.logit_loss = box_logit_loss(cfg)
+            self.distiller, self.logit_weight = build_logit_distiller(cfg, self.teacher, self.student)
         self.to(torch.device(cfg.MODEL.DEVICE))
 
     @property
@@ -66,12 +71,13 @@ class DistillDetector(nn.Module):
     def forward(self, batched_inputs: List[Dict]):
         if not self.training:
             return self.student(batched_inputs)
-        if self.distiller is None:
+        if not self.distiller.needs_features:
             return self.logit_losses(batched_inputs)
         t_feats = self._teacher_backbone_features(batched_inputs)
         # the student runs once: its detection losses and its C2-C5 come out of the same forward
         s_feats, losses = self.distiller.student_features(lambda: self.student(batched_inputs))
-        losses["loss_distill"] = feature_loss(self.distiller, s_feats, t_feats, self.ims_per_batch)
+        losses["loss_distill"] = feature_loss(self.distiller, s_feats, t_feats, len(batched_inputs),
+                                              self.ims_per_batch)
         return losses
 
     def logit_losses(self, batched_inputs: List[Dict]) -> Dict[str, torch.Tensor]:
@@ -98,7 +104,8 @@ class DistillDetector(nn.Module):
 
     @torch.no_grad()
     def track_batch(self, batched_inputs: List[Dict]) -> int:
-        """Accumulate matching statistics of one batch (backbones only); returns the number of images."""
+        """Feed one batch to the tracking pass of a distiller whose ``prepare_tracks_features`` is true (MGD's
+        matching statistics, backbones only); returns the number of images."""
         t_feats = self._teacher_backbone_features(batched_inputs)
         images = self.student.preprocess_image(batched_inputs)
         s_feats, _ = self.distiller.student_features(lambda: self.student.backbone.bottom_up(images.tensor))
@@ -121,14 +128,16 @@ class MGDRetinaNet(DistillRetinaNet):
 @META_ARCH_REGISTRY.register()
 class DistillGeneralizedRCNN(DistillDetector):
     """A Faster R-CNN (Detectron2's GeneralizedRCNN, StandardROIHeads) student distilled from a Faster R-CNN
-    teacher: the feature methods, or KD / DKD on the box head's class logits."""
+    teacher: the feature methods, or a logit method (KD, DKD, ...) on the box head's class logits."""
 
     detector = GeneralizedRCNN
-    logit_methods = ("kd", "dkd")
+    box_logits = True
 
     def logit_losses(self, batched_inputs: List[Dict]) -> Dict[str, torch.Tensor]:
-        """The student's losses plus ``loss_kd`` / ``loss_dkd``: the student's class logits of the proposals
-        its ROI heads sampled (captured from its own forward) against the teacher's box head on them."""
+        """The student's losses plus ``loss_<term>`` for each term of the method (``loss_kd``, ``loss_dkd``),
+        times its MGD.<NAME>.WEIGHT: :meth:`mgd.Distiller.compute_terms` on the student's class logits of the
+        proposals its ROI heads sampled (captured from its own forward), the teacher's box head on them and
+        the proposals' ground-truth classes."""
         heads = self.student.roi_heads
         with capture_outputs({"sampled": heads, "predictions": heads.box_predictor}) as out:
             losses = self.student(batched_inputs)
@@ -137,5 +146,8 @@ class DistillGeneralizedRCNN(DistillDetector):
             images = self.teacher.preprocess_image(batched_inputs)
             t_logits = teacher_box_logits(self.teacher.roi_heads, self.teacher.backbone(images.tensor), proposals)
         gt_classes = torch.cat([p.gt_classes for p in proposals])
-        losses[f"loss_{self.method}"] = self.logit_loss(out["predictions"][0], t_logits, gt_classes)
+        terms = self.distiller.compute_terms(student_logits=out["predictions"][0], teacher_logits=t_logits,
+                                             target=gt_classes)
+        for term, value in terms.items():
+            losses[f"loss_{term}"] = self.logit_weight * value
         return losses

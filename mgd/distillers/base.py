@@ -64,6 +64,11 @@ class Distiller(nn.Module):
     prepare_name: str = "prepare"
     #: Whether each distilled teacher stage must be at least as wide as its student stage (MGD's matching).
     wider_teacher: bool = False
+    #: Whether :meth:`prepare` is a tracking pass over both networks' stage features then a solve (MGD's matching,
+    #: :func:`mgd.mgd_update`), worth repeating as the student trains: an application that runs the networks
+    #: itself feeds that pass with ``mgd_update(batches, d, track=...)`` (which hands captured features to
+    #: ``d.track_running_stats``) on its own schedule (d2: every MGD.UPDATE_FREQ iterations).
+    prepare_tracks_features: bool = False
     #: Whether :meth:`forward_train` needs ``indices=`` (each sample's index in the training set: CRD's memory).
     needs_indices: bool = False
     #: The samples' dataset indices of the batch whose terms :meth:`compute_terms` computes (None outside it).

@@ -16,6 +16,7 @@ class NDDistiller(KDDistiller):
     authors' default) and their recipe: CE + KD ramped in over 20 epochs + ND."""
 
     dense_outputs = False  # the ND term needs a classifier's embedding
+    needs_features = True  # always captures both networks' embeddings (LogitDistiller's instances with nd_weight > 0)
     flag_prefixes = ("nd", "kd")  # KD++ also reads the KD flags
 
     def __init__(self, t_net: nn.Module, s_net: nn.Module, nd_weight: float = 1.0, **kwargs) -> None:

@@ -27,9 +27,8 @@ def rank_main(args):
         trainer.train()
         model = trainer.model.module if hasattr(trainer.model, "module") else trainer.model
         state = {k: p.detach().clone() for k, p in model.named_parameters() if p.requires_grad}
-        if model.distiller is not None:
-            state.update({f"distiller.{k}": v for k, v in model.distiller.own_state_dict().items()
-                          if k.startswith("guided_inds") or k in ("num_updates", "calibrated_loss_factor")})
+        state.update({f"distiller.{k}": v for k, v in model.distiller.own_state_dict().items()  # none for dkd
+                      if k.startswith("guided_inds") or k in ("num_updates", "calibrated_loss_factor")})
         state["world_size"] = torch.tensor(comm.get_world_size())
         state["ddp"] = torch.tensor(hasattr(trainer.model, "module"))
         torch.save(state, os.path.join(cfg.OUTPUT_DIR, f"rank{comm.get_rank()}.pth"))

@@ -23,7 +23,7 @@ from detectron2.utils.events import EventStorage  # noqa: E402
 
 import export_student  # noqa: E402
 import train_net  # noqa: E402
-from mgd_d2 import FEATURE_METHODS, add_mgd_config, enable_stage_last_norm, teacher_config  # noqa: E402
+from mgd_d2 import add_mgd_config, enable_stage_last_norm, feature_methods, teacher_config  # noqa: E402
 from mgd_d2.config import check_method  # noqa: E402
 from toy import CONFIGS, make_cfg, tiny_opts  # noqa: E402
 
@@ -79,7 +79,7 @@ def test_training_logs_a_finite_positive_distillation_term(run):
                 "faster_rcnn": {"loss_cls", "loss_box_reg", "loss_rpn_cls", "loss_rpn_loc"}}[arch]
     assert expected <= set(logged[-1])
     model = _unwrap(trainer.model)
-    assert model.method == method and (model.distiller is None) == (method not in FEATURE_METHODS)
+    assert model.method == method and model.distiller.needs_features == (method in feature_methods())
     if method == "mgd":
         assert int(model.distiller.num_updates) == 2  # before training and at iteration 2
     if method == "ofd":  # LOSS_FACTOR auto in the OFD configs: measured once
@@ -99,7 +99,7 @@ def test_gradients_reach_the_student_and_the_distiller_not_the_teacher(run):
     assert not any(p.requires_grad for p in model.teacher.parameters())
     assert all(p.grad is None for p in model.teacher.parameters())
     assert not model.teacher.training
-    if method in FEATURE_METHODS:  # the backbone and the distiller's own layers (norms, connectors)
+    if method in feature_methods():  # the backbone and the distiller's own layers (norms, connectors)
         grad = _deepest_conv(model.student.backbone.bottom_up).weight.grad
         own = [p for p in model.distiller.parameters()]
         assert own and all(p.grad is not None and p.grad.abs().sum() > 0 for p in own)
@@ -118,7 +118,7 @@ def test_resume_restores_the_matching_or_connectors(run):
     resumed.resume_or_load(resume=True)
     assert resumed.start_iter == 3
     model, trained = _unwrap(resumed.model), _unwrap(trainer.model)
-    if method in FEATURE_METHODS:
+    if method in feature_methods():
         own = model.distiller.own_state_dict()
         assert own and own.keys() == trained.distiller.own_state_dict().keys()
         for k, v in own.items():
@@ -217,7 +217,7 @@ def test_every_distillation_config_names_its_method_pair_and_teacher(path):
     detector = {"retinanet": "RetinaNet", "faster_rcnn": "GeneralizedRCNN"}[arch]
     meta = {"retinanet": ("MGDRetinaNet", "DistillRetinaNet"), "faster_rcnn": ("DistillGeneralizedRCNN",)}[arch]
     assert cfg.MODEL.META_ARCHITECTURE in meta
-    check_method(cfg, ("kd", "dkd") if arch == "faster_rcnn" else ())
+    check_method(cfg, box_logits=arch == "faster_rcnn")
     t_cfg = teacher_config(cfg, detector)
     if teacher == "MV2":  # torchvision's MobileNetV2, width 1.0 -> 0.5; the student from scratch, BN trainable
         assert "mobilenet_v2" in t_cfg.MODEL.BACKBONE.NAME and "mobilenet_v2" in cfg.MODEL.BACKBONE.NAME
@@ -232,8 +232,8 @@ def test_every_distillation_config_names_its_method_pair_and_teacher(path):
 
 def test_bad_method_for_the_architecture_is_one_clear_error(dataset, tmp_path):
     cfg = make_cfg(tmp_path, **{"MGD.DISTILLER": "kd"})  # a RetinaNet has no box head
-    with pytest.raises(ValueError, match=r"MGD.DISTILLER 'kd' is not valid for MGDRetinaNet; valid: mgd, ofd "
-                                         r"\(kd, dkd need a Faster R-CNN\)"):
+    with pytest.raises(ValueError, match=r"MGD.DISTILLER 'kd' is not valid for MGDRetinaNet; valid: at, mgd, ofd, "
+                                         r"sm, sp \(dist, dkd, kd need a Faster R-CNN\)$"):
         train_net.Trainer.build_model(cfg)
     cfg = make_cfg(tmp_path, os.path.join(CONFIGS, "mgd_faster_rcnn_R50_R18_FPN_1x.yaml"),
                    **{"MGD.DISTILLER": "dkd", "MGD.LOSS_FACTOR": "auto"})
