@@ -165,12 +165,14 @@ def load_model_weights(model: nn.Module, path: str, what: str) -> None:
 
 
 def build_distiller(args, teacher: nn.Module, student: nn.Module) -> mgd.Distiller:
-    """--distiller's method at the paired positions, with OFD's segmentation weights and loss factor; every
-    configuration problem is a one-line UserError."""
+    """--distiller's method at the paired positions (a method that distils stage features), with OFD's
+    segmentation weights, loss factor and cross-entropy for the methods that take them (the options a method does
+    not take are not passed); every configuration problem is a one-line UserError."""
     method = mgd.DISTILLERS[args.distiller]
-    options = distiller_options(args.distiller)
-    given: Dict[str, Any] = {}
-    if "teacher_layers" in options and method.needs_features:
+    given: Dict[str, Any] = {"calibration_task_loss": seg_cross_entropy}
+    if args.loss_factor is None:
+        given["loss_factor"] = OFD_SEG_LOSS_FACTOR
+    if method.needs_features:
         try:
             names, t_specs, s_specs = pair_positions(teacher, student, args.distill_positions, method.wider_teacher)
         except ValueError as exc:
@@ -178,10 +180,6 @@ def build_distiller(args, teacher: nn.Module, student: nn.Module) -> mgd.Distill
                             ) from None
         given.update(teacher_layers=t_specs, student_layers=s_specs, stage_weights=stage_weights(names))
         logger.info("distilling at %s", ", ".join(names))
-    if args.loss_factor is None and "loss_factor" in options:
-        given["loss_factor"] = OFD_SEG_LOSS_FACTOR
-    if "calibration_task_loss" in options:
-        given["calibration_task_loss"] = seg_cross_entropy
     opts = distiller_options_from_args(args.distiller, args, **given)
     try:
         return mgd.build_distiller(args.distiller, teacher, student, **opts)
