@@ -57,10 +57,10 @@ def get_parser():
     g.add_argument("--nd-weight", default=None, type=non_negative_float, help="kd, dkd, dist, reviewkd: > 0 adds "
                    "KD++'s ND loss on the penultimate embeddings with this weight (the '++' of each method, trained "
                    "with the KD++ recipe); nd (KD++ itself): default 1")
-    for method, imagenet in (("kd", "5"), ("dkd", "1"), ("reviewkd", "1")):
-        g.add_argument(f"--{method}-warmup-epochs", default=None, type=non_negative_float, help=f"{method}"
-                       f"{' with --nd-weight, nd' if method == 'kd' else ''}: epochs over which the term ramps in "
-                       f"linearly (default 20, the authors' CIFAR setting; ImageNet {imagenet})")
+    for method, also, imagenet in (("kd", " with --nd-weight, nd", "5"), ("dkd", "", "1"), ("reviewkd", "", "1")):
+        g.add_argument(f"--{method}-warmup-epochs", default=None, type=non_negative_float, help=f"{method}{also}: "
+                       f"epochs over which the term ramps in linearly (default 20, the authors' CIFAR setting; "
+                       f"ImageNet {imagenet})")
     g.add_argument("--kd-weight", default=None, type=non_negative_float, help="nd, kd with --nd-weight: weight of "
                    "the KD term in the KD++ recipe (default 1)")
     g.add_argument("--dkd-alpha", default=None, type=non_negative_float, help="dkd: TCKD weight (default 1)")
