@@ -46,6 +46,18 @@ logger = logging.getLogger("mgd")
 DETECTION_LOSS_FACTORS = [f * 5e7 for f in (1, 1, 1e-1, 1e-1, 1, 1, 1e-2, 0, 0)]
 
 
+def _check_options(solver: str, kd_temperature: float, update_freq: int, update_images: Optional[int]) -> None:
+    """MGD's scalar options, checked before anything is built (a ValueError naming the option and the value)."""
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown solver {solver!r}; valid solvers: {', '.join(SOLVERS)}")
+    if kd_temperature <= 0:
+        raise ValueError(f"kd_temperature must be positive, got {kd_temperature}")
+    if int(update_freq) != update_freq or update_freq <= 0:
+        raise ValueError(f"update_freq must be a positive number of epochs, got {update_freq!r}")
+    if update_images is not None and (int(update_images) != update_images or update_images <= 0):
+        raise ValueError(f"update_images must be a positive count or None (all), got {update_images!r}")
+
+
 def _detection_stage_weights(num_stages: int) -> List[float]:
     """1 / the original's RetinaNet factors, level by level (0 where the original did not distil)."""
     factors = DETECTION_LOSS_FACTORS[:num_stages] + [DETECTION_LOSS_FACTORS[-1]] * (
@@ -156,17 +168,10 @@ class MGDistiller(PartialL2Distiller):
                  update_epochs: Optional[Sequence[int]] = None,
                  update_images: Optional[int] = LEGACY_MAX_IMAGES,
                  track_in_autocast: bool = False) -> None:
-        if solver not in SOLVERS:
-            raise ValueError(f"unknown solver {solver!r}; valid solvers: {', '.join(SOLVERS)}")
+        _check_options(solver, kd_temperature, update_freq, update_images)
         self.reducer_name = reducer
         self.reducer = get_reducer(reducer)
-        if kd_temperature <= 0:
-            raise ValueError(f"kd_temperature must be positive, got {kd_temperature}")
-        if int(update_freq) != update_freq or update_freq <= 0:
-            raise ValueError(f"update_freq must be a positive number of epochs, got {update_freq!r}")
-        if update_images is not None and (int(update_images) != update_images or update_images <= 0):
-            raise ValueError(f"update_images must be a positive count or None (all), got {update_images!r}")
-        self.det = bool(det)
+        self.det = bool(det)  # before the base: it picks the default stage weights
         super().__init__(t_net, s_net, teacher_layers=teacher_layers, student_layers=student_layers,
                          teacher_bns=teacher_bns, teacher_train_mode=teacher_train_mode, own_networks=own_networks,
                          ignore_inds=ignore_inds, loss_factor=loss_factor, loss_ratio=loss_ratio,
@@ -184,24 +189,37 @@ class MGDistiller(PartialL2Distiller):
         self.update_epochs = None if update_epochs is None else sorted({int(e) for e in update_epochs})
         self.update_images = None if update_images is None else int(update_images)
         self.track_in_autocast = bool(track_in_autocast)
+        self._check_widths()
+        self.groups = [1 if reducer == "sm" else t // s for t, s in zip(self.t_channels, self.s_channels)]
+        self._build_norms(student_norm)
+        self._register_matching_state()
+        self.init_flow()
+        self.train(self.training)
+        self._log_layout()
 
-        n = len(self.t_channels)
+    def _check_widths(self) -> None:
+        """ValueError naming the first distilled stage whose student is wider than its teacher."""
         for i in self.stages:
             sc, tc = self.s_channels[i], self.t_channels[i]
             if sc > tc:
                 raise ValueError(f"stage {i}: the student has {sc} channels but the teacher only {tc}; MGD needs "
                                  "teacher stages at least as wide as the student's (or ignore this stage)")
-        self.groups = [1 if reducer == "sm" else self.t_channels[i] // self.s_channels[i] for i in range(n)]
 
-        # Stages without a loss (ignored, or weight 0) get no norm layer (an Identity): parameters that never
-        # receive a gradient would make DistributedDataParallel wait for them (the original needed
-        # find_unused_parameters=True).
+    def _build_norms(self, student_norm: Optional[Callable[[int], nn.Module]]) -> None:
+        """The trainable norm layer on each distilled student stage (MGD Sec. 3.1, as OFD's connector's BN).
+
+        Stages without a loss (ignored, or weight 0) get no norm layer (an Identity): parameters that never
+        receive a gradient would make DistributedDataParallel wait for them (the original needed
+        find_unused_parameters=True)."""
         make_norm = student_norm or self._default_norm()
         self.BNs = nn.ModuleList([make_norm(c) if i in self.stages and self.stage_weights[i] != 0 else nn.Identity()
                                   for i, c in enumerate(self.s_channels)])
-        for i in range(n):
-            self.register_buffer(f"guided_inds{i + 1}",
-                                 torch.full((self.groups[i] * self.s_channels[i],), -1, dtype=torch.long))
+
+    def _register_matching_state(self) -> None:
+        """The buffers a checkpoint keeps of the matching: each stage's guided indices (-1: not solved yet), the
+        update count and the epoch of the last prepare; and the hooks that check a loaded state against them."""
+        for i, (g, sc) in enumerate(zip(self.groups, self.s_channels)):
+            self.register_buffer(f"guided_inds{i + 1}", torch.full((g * sc,), -1, dtype=torch.long))
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
         #: the epoch before which the last matching was solved through prepare() (-1: none yet)
         self.register_buffer("prepared_epoch", torch.full((), -1, dtype=torch.long))
@@ -209,9 +227,6 @@ class MGDistiller(PartialL2Distiller):
         self._matched = False  # mirrors num_updates > 0 on the Python side (no device sync per step)
         self.register_load_state_dict_pre_hook(_check_before_load)
         self.register_load_state_dict_post_hook(_sync_matched_flag)
-        self.init_flow()
-        self.train(self.training)
-        self._log_layout()
 
     # ------------------------------------------------------------------------------------------ set-up
     def default_stage_weights(self, num_stages: int) -> List[float]:
