@@ -17,8 +17,8 @@ plugins and timm's models do), read on the first look-up of the registry, never 
     my_method = "my_package.distill:MyDistiller"
 
 Every option of a method is a keyword parameter of its ``__init__`` with a default (following ``**kwargs`` up
-its bases), so ``build_distiller(name, teacher, student)`` works for every name on torchvision classifiers and
-the applications generate their ``--<method>-<option>`` flags from the signatures.
+its bases), so ``build_distiller(name, teacher, student)`` works for every name on torchvision classifiers, and
+the applications read a method's ``--<prefix>-<option>`` flags by its signature (mgd.engine.args).
 """
 from __future__ import annotations
 
@@ -52,23 +52,26 @@ class _Registry(Mapping):
         self._plugins_loaded = False
 
     def _load_plugins(self) -> None:
+        """Every entry point once: a plugin that fails to import or is no Distiller is a warning (the others
+        still load); a name that another class already holds is an error naming both, after all are read."""
         if self._plugins_loaded:
             return
         self._plugins_loaded = True
-        from importlib.metadata import entry_points
-        for ep in entry_points(group=ENTRY_POINT_GROUP):
-            if ep.name in self._classes:
-                raise RuntimeError(f"the entry point {ep.name!r} = {ep.value!r} (group {ENTRY_POINT_GROUP}) names a "
-                                   f"method that is already registered ({self._classes[ep.name].__module__}."
-                                   f"{self._classes[ep.name].__qualname__}); rename one of them")
+        clashes = []
+        for ep in _entry_points():
             try:
-                cls = ep.load()
+                cls = ep.load()  # its module may register the class itself with the decorator
+                if ep.name in self._classes and self._classes[ep.name] is not cls:
+                    clashes.append(f"the entry point {ep.name!r} = {ep.value!r} (group {ENTRY_POINT_GROUP}) names "
+                                   f"a method that is already registered ({self._classes[ep.name].__module__}."
+                                   f"{self._classes[ep.name].__qualname__})")
+                    continue
+                self.add(ep.name, cls)
             except Exception as exc:  # a broken plugin must not break every other method
                 logger.warning("distiller %r from the entry point %r could not be loaded (%s: %s); it is not "
                                "available", ep.name, ep.value, type(exc).__name__, exc)
-                continue
-            if ep.name not in self._classes:  # the module may have registered itself with the decorator
-                self.add(ep.name, cls)
+        if clashes:
+            raise RuntimeError("; ".join(clashes) + ": rename one of them")
 
     def add(self, name: str, cls: type) -> None:
         from .distillers.base import Distiller
@@ -104,6 +107,13 @@ class _Registry(Mapping):
 
     def __repr__(self) -> str:
         return f"DISTILLERS({', '.join(sorted(self))})"
+
+
+def _entry_points():
+    """The installed entry points of the group (``select`` since Python 3.10, a dict of groups before)."""
+    from importlib.metadata import entry_points
+    found = entry_points()
+    return found.select(group=ENTRY_POINT_GROUP) if hasattr(found, "select") else found.get(ENTRY_POINT_GROUP, [])
 
 
 #: name -> distiller class; every class takes (teacher, student, **options) with a default for each option.

@@ -48,7 +48,7 @@ ARCHS = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
 #: 0-based ones.
 DEFAULT_UPDATE_EPOCHS = [1, 2, 3, 6, 9, 15, 26, 43, 74, 126]
 #: Settings a resumed run must share with its checkpoint (the weights' shapes, the queue, the matching).
-RESUME_SAME = ("arch", "teacher_arch", "moco_dim", "moco_k", "mlp", "mgd_reducer")
+RESUME_SAME = ("arch", "teacher_arch", "moco_dim", "moco_k", "mlp")
 #: The checkpoint a run continues from, and everything a run writes in its --output-dir.
 LAST = ("checkpoint_last.pth.tar",)
 CHECKPOINT_NAMES = ("checkpoint_*.pth.tar", "student_backbone.pth")
@@ -89,7 +89,8 @@ def get_parser() -> argparse.ArgumentParser:
                    "distillation term starts at --loss-ratio times the InfoNCE loss (kept in the checkpoint)")
     p.add_argument("--loss-ratio", default=DEFAULT_LOSS_RATIO, type=positive_float,
                    help="with --loss-factor auto: the distillation term's start as a multiple of InfoNCE")
-    p.add_argument("--mgd-reducer", default="amp", choices=["amp", "rd", "sp", "sm"])
+    p.add_argument("--mgd-reducer", default=None, choices=["amp", "rd", "sp", "sm"],
+                   help="mgd: channel reducer (default amp; sm: sparse matching, also --distiller sm)")
     p.add_argument("--mgd-update-epochs", default=DEFAULT_UPDATE_EPOCHS, nargs="*", type=non_negative_int,
                    help="re-solve the matching before these epochs (0-based; the same as after these 1-based "
                    "epochs), besides before training")
@@ -121,6 +122,13 @@ def load_teacher(args) -> nn.Module:
         raise UserError(f"--teacher-resume: the encoder_q backbone does not fit {args.teacher_arch} "
                         f"({str(exc).splitlines()[0][:200]})") from exc
     return teacher
+
+
+def reducer_setting(args) -> dict:
+    """MGD's reducer for the resume check (the flag or the method's default), for the methods that have one."""
+    reducer = distiller_options_from_args(args.distiller, args).get("reducer",
+                                                                     option_default(args.distiller, "reducer"))
+    return {} if reducer is None else {"mgd_reducer": reducer}
 
 
 def feature_methods() -> List[str]:
@@ -208,7 +216,7 @@ def worker(local_rank: int, args) -> None:
         ckpt = load_checkpoint(args.resume, ("state_dict", "optimizer", "epoch", "distiller"))
         start_epoch = resume_from(ckpt, args.resume, moco, "state_dict", optimizer, precision, distiller=distiller,
                                   epochs=args.epochs, method=args.distiller,
-                                  **{k: getattr(args, k) for k in RESUME_SAME})
+                                  **{k: getattr(args, k) for k in RESUME_SAME}, **reducer_setting(args))
     trainable = wrap_for_training(model, device, args.distributed, data_parallel=False)  # MoCo needs DDP's ranks
     log = RunLog(args.output_dir, args.rank, args.tensorboard)
     criterion = nn.CrossEntropyLoss()
@@ -258,7 +266,9 @@ class PretrainingEpochs(EpochTask):
         return lr
 
     def train_record(self, stats):
-        return {k: v for k, v in stats.items() if k != "loss"}
+        record = {k: v for k, v in stats.items() if k != "loss"}
+        updates = self.distiller.prepare_summary().get("num_updates")  # MGD's matchings so far
+        return record if updates is None else {**record, "matching_updates": updates}
 
     def weights(self):
         return {"the MoCo model": self.moco.state_dict(), "the distiller": self.distiller.own_state_dict()}
@@ -274,7 +284,8 @@ class PretrainingEpochs(EpochTask):
 
     def summary(self, epoch: int, record) -> str:
         terms = "  ".join(f"{k[len('loss_'):]} {v:.4f}" for k, v in record.items() if k.startswith("loss_"))
-        return (f"{terms}  instance top-1 {record['instance_top1']:.2f}  lr {record['lr']:.4g}  "
+        updates = f"  matching updates {record['matching_updates']}" if "matching_updates" in record else ""
+        return (f"{terms}  instance top-1 {record['instance_top1']:.2f}  lr {record['lr']:.4g}{updates}  "
                 f"{record['seconds']:.0f} s")
 
 

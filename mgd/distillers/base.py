@@ -18,7 +18,7 @@ adds the terms, and checkpoints :meth:`Distiller.own_state_dict` beside the stud
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -82,6 +82,8 @@ class Distiller(nn.Module):
     replica_safe: bool = True
     #: Whether the method needs a teacher network (False only for ``none``, plain training).
     needs_teacher: bool = True
+    #: Whether :meth:`prepare` still has to measure a loss factor (``loss_factor="auto"``, the partial-L2 methods).
+    needs_calibration: bool = False
     #: Whether the method works on dense (N, C, H, W) outputs, as a segmenter's (the feature methods and
     #: pixel-wise KD); False where it needs image-level labels or a classifier's embedding.
     dense_outputs: bool = False
@@ -302,8 +304,8 @@ class Distiller(nn.Module):
         captured (this distiller's stage positions, then its embedding when it reads one); ``*_logits``: the
         networks' outputs, for the methods that compare them; ``target``: the labels, for those that read them
         (DKD, KD++'s class means); ``indices``: the samples' dataset indices (``needs_indices``). A method reads
-        only what it needs (a feature method no logits, so a detector hands none); what it needs and does not get
-        is a ValueError naming it. Computed and summed in float32 whatever the autocast dtype.
+        only what it needs (a feature method no logits, so a detector hands none); missing stage features or
+        indices are a ValueError naming them. Computed and summed in float32 whatever the autocast dtype.
         """
         if self.needs_indices and indices is None:
             raise ValueError(f"{type(self).__name__} needs each sample's dataset index: pass indices=... "
@@ -311,8 +313,7 @@ class Distiller(nn.Module):
         if self.needs_features and (student_features is None or teacher_features is None):
             raise ValueError(f"{type(self).__name__} distils features: pass student_features= and teacher_features="
                              " (what student_features() / teacher_features() captured)")
-        device = next((t.device for t in (*(student_features or ()), student_logits) if isinstance(t, torch.Tensor)),
-                      torch.device("cpu"))
+        device = _first_device(student_features, student_logits, teacher_features, teacher_logits, target)
         self._indices = indices
         try:
             with float32_region(device):
@@ -325,6 +326,23 @@ class Distiller(nn.Module):
 
     def losses(self, s_feats, t_feats, s_out, t_out, target) -> Dict[str, torch.Tensor]:
         raise NotImplementedError
+
+
+def _first_device(*values: Any) -> torch.device:
+    """The device of the first tensor among ``values`` (looking into sequences and dicts, as a detector's outputs
+    are): where the float32 region of :meth:`Distiller.compute_terms` applies; the CPU when there is none."""
+    return next((t.device for t in _tensors(values)), torch.device("cpu"))
+
+
+def _tensors(values: Any) -> Iterator[torch.Tensor]:
+    """Every tensor in ``values``, depth first through sequences and dicts."""
+    for value in values:
+        if isinstance(value, torch.Tensor):
+            yield value
+        elif isinstance(value, dict):
+            yield from _tensors(value.values())
+        elif isinstance(value, (list, tuple)):
+            yield from _tensors(value)
 
 
 class TrainableDistiller(nn.Module):

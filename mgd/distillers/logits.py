@@ -9,7 +9,7 @@ The "++" recipe (KD++, Wang et al., ICCV 2023; the authors' CIFAR code, ``train_
 weight 1, the method's own term (KD: weight 1 and T 4, ramped in linearly over ``warmup_epochs``), and
 ``nd_weight`` * ND on the penultimate embeddings, the teacher's class means computed once by ``prepare``.
 
-Warm-ups follow the epoch the training loop announces with :meth:`~mgd.base.Distiller.set_epoch` (0-based):
+Warm-ups follow the epoch the training loop announces with :meth:`~mgd.distillers.base.Distiller.set_epoch` (0-based):
 DKD's ``min((epoch + 1) / warmup, 1)`` is mdistiller's 1-based ``min(epoch / warmup, 1)``; KD++'s code ramps
 ``min(epoch / warmup, 1)`` from 0-based epochs, so its KD term is off in the first epoch.
 """

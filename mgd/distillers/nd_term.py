@@ -26,7 +26,7 @@ def _sync_ready_flag(module: "NDTerm", keys) -> None:
 
 
 class NDTerm:
-    """Mixin of a :class:`~mgd.base.Distiller`: KD++'s ND loss, enabled by ``nd_weight`` > 0.
+    """Mixin of a :class:`~mgd.distillers.base.Distiller`: KD++'s ND loss, enabled by ``nd_weight`` > 0.
 
     Call :meth:`_init_nd` in ``__init__`` after ``Distiller.__init__``; the distiller captures both embeddings
     (flattened, the last of its features) and adds :meth:`nd_term` to its losses. Buffers ``class_means``,

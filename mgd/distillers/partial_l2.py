@@ -46,7 +46,7 @@ def _recompute_margins(distiller_ref: "weakref.ReferenceType", module: nn.Module
 class PartialL2Distiller(Distiller):
     """Base of OFD and MGD: stage channels, margins (buffers ``margin1..n``), stage weights, normalisation.
 
-    Args (beyond :class:`~mgd.base.Distiller`'s):
+    Args (beyond :class:`~mgd.distillers.base.Distiller`'s):
         ignore_inds: stages not distilled (None: the student family's default, see ``_select_stages``).
         loss_factor: the summed loss is divided by the batch size and this factor (``normalise``); "auto":
             measured by :meth:`prepare` so that the distillation term starts at ``loss_ratio`` times the
@@ -56,7 +56,7 @@ class PartialL2Distiller(Distiller):
             not the cross-entropy (e.g. a segmentation's per-pixel loss, MoCo's InfoNCE).
         stage_weights: per-stage weights (default :func:`halving_stage_weights`).
         teacher_channels, student_channels, example_input: where channel counts cannot be read off the
-            named modules (see :meth:`~mgd.base.Distiller._stage_channels`).
+            named modules (see :meth:`~mgd.distillers.base.Distiller._stage_channels`).
     """
 
     dense_outputs = True  # the partial L2 works on any (N, C, H, W) stage feature

@@ -31,7 +31,8 @@ __all__ = ["EpochTask", "fit"]
 
 
 class EpochTask:
-    """What an application adds to :func:`fit`; every hook has a default that does nothing.
+    """What an application adds to :func:`fit`; every hook but :meth:`prepare_loader` (needed only when the
+    distiller's ``prepare_due`` says so) has a default that does nothing.
 
     Attributes:
         score: the record key whose best value makes ``best`` (cls: "top1", seg: "miou"); None: no best.

@@ -10,7 +10,7 @@ The rule (MGD's and OFD's positions, generalised):
   before it outside the shortcut (``bn3`` of a bottleneck, as the original did for ResNet);
 * a stage that ends without such an activation (linear bottlenecks of MobileNetV2/V3 and EfficientNet,
   ConvNeXt): the stage *output* is captured and it has no margin: the partial L2's target is then the
-  teacher's feature itself (``margin = mgd.margin.NO_MARGIN``, a warning says which stages).
+  teacher's feature itself (``margin = mgd.losses.ofd.NO_MARGIN``, a warning says which stages).
 
 Stages at a reduction below 4 (the stem) are not distilled, as in the original. A teacher/student pair is
 matched stage by stage on equal reduction (:func:`pair_stages`).

@@ -20,7 +20,7 @@ class StageSpec:
     bn:       name of the BatchNorm that produces the pre-ReLU values (teacher side: the margins).
     channels: the feature's channel count, when it cannot be read off the named modules.
     margin:   False for a stage with no BatchNorm + ReLU on the teacher side (a linear output): no margin,
-              the target is the teacher's feature itself (:data:`mgd.discovery.NO_MARGIN`).
+              the target is the teacher's feature itself (:data:`mgd.losses.ofd.NO_MARGIN`).
     """
     module: str
     capture: str = "output"

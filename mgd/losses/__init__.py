@@ -1,4 +1,4 @@
-"""Output- and feature-level distillation losses, one paper per module (MGD's own loss is in mgd.margin)."""
+"""Output- and feature-level distillation losses, one paper per module (MGD's and OFD's partial L2 and margins: :mod:`mgd.losses.ofd`)."""
 from .at import attention_map, at_loss
 from .crd import nce_loss
 from .dist import dist_loss

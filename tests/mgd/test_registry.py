@@ -75,3 +75,15 @@ def test_a_plugin_that_fails_to_import_is_a_warning_and_a_taken_name_an_error(tm
     proc = subprocess.run([sys.executable, "-c", "import mgd; list(mgd.DISTILLERS)"], capture_output=True, text=True,
                           timeout=120, env={"PYTHONPATH": str(tmp_path / "clash"), "PATH": "/usr/bin:/bin"})
     assert proc.returncode != 0 and "names a method that is already registered" in proc.stderr
+
+
+def test_a_plugin_imported_before_the_look_up_and_a_plugin_that_is_no_distiller(tmp_path):
+    """The class an entry point names may have registered itself already (its module imported first): that is no
+    clash. An entry point naming something that is no Distiller is a warning, and the other plugins still load."""
+    write_package(tmp_path)
+    info = tmp_path / "mgd_test_plugin-0.0.dist-info" / "entry_points.txt"
+    info.write_text("[mgd.distillers]\nnot_a_method = torch.nn:Linear\nlogit_mse = mgd_test_plugin:LogitMSE\n")
+    code = ("import mgd, mgd_test_plugin; mgd.register_distiller('logit_mse')(mgd_test_plugin.LogitMSE); "
+            "print(sorted(n for n in mgd.DISTILLERS if n in ('logit_mse', 'not_a_method')))")
+    out, err = _in_fresh_python(code, tmp_path)
+    assert out == "['logit_mse']" and "'not_a_method'" in err and "subclass of mgd.Distiller" in err
