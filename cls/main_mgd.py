@@ -20,11 +20,12 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import mgd
-from cls.trainer import check_arch, identity_options, teacher_arch, train_worker
+from cls.trainer import check_arch, teacher_arch, train_worker
 from cls.utils import common_parser, finish_args
 from mgd.engine import UserError, launch, run_cli, worker_guard
 from mgd.engine.args import loss_factor, non_negative_float, positive_float, positive_int
-from mgd.registry import option_default
+from mgd.engine.args import identity_settings
+from mgd.matching.update import LEGACY_MAX_IMAGES
 
 logger = logging.getLogger("cls")
 
@@ -43,7 +44,7 @@ def get_parser():
                    "(default amp)")
     g.add_argument("--mgd-update-freq", default=2, type=positive_int, help="mgd: re-solve the matching every N epochs")
     g.add_argument("--mgd-update-images", default=None, type=positive_int, help="mgd: images tracked per matching "
-                   f"update (over all processes; default {option_default('mgd', 'update_images')})")
+                   f"update (over all processes; default {LEGACY_MAX_IMAGES}, the original's)")
     g.add_argument("--mgd-with-kd", default=0, type=int, choices=[0, 1], help="mgd: add Hinton's KD loss (T = 1.5)")
     g.add_argument("--mgd-solver", default=None, choices=["ortools", "scipy"], help="mgd: assignment solver "
                    "(default ortools; both exact)")
@@ -100,7 +101,7 @@ def check_args(args) -> None:
 
 def output_tag(args) -> str:
     """The method in the default output folder's name: the original's <distiller>.<reducer> for MGD."""
-    return ".".join(filter(None, [args.distiller, identity_options(args).get("mgd_reducer")]))
+    return ".".join([args.distiller, *map(str, identity_settings(args.distiller, args).values())])
 
 
 @worker_guard

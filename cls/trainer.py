@@ -17,10 +17,9 @@ from mgd.engine import (Precision, RunLog, UserError, WithIndices, eval_loader, 
                         load_checkpoint, mean_terms, plain_args, prepare_loader, read_weights, resume_from,
                         save_checkpoints, setup_process, start_output_dir, wrap_for_training)
 from mgd.engine.loop import EpochTask, fit
-from mgd.engine.args import distiller_options_from_args
+from mgd.engine.args import distiller_options_from_args, identity_settings
 from mgd.engine.checkpoints import check_epochs_left
 from mgd.features import classifier_layer
-from mgd.registry import option_default
 
 from . import data as cdata
 from .models import TIMM_PREFIX, build_model, cached_weights_path, default_teacher, stage_specs
@@ -256,16 +255,10 @@ def build_distiller(args: argparse.Namespace, teacher: Optional[nn.Module], stud
 
 
 def identity_options(args: argparse.Namespace) -> Dict[str, Any]:
-    """What names a run beside its method and what its resume must keep: the teacher's architecture (when the
-    method has a teacher) and MGD's reducer (``mgd_reducer``, the original's folder name <distiller>.<reducer>)."""
-    same: Dict[str, Any] = {}
-    if mgd.DISTILLERS[args.distiller].needs_teacher:
-        same["teacher_arch"] = args.teacher_arch
-    options = distiller_options_from_args(args.distiller, args)
-    reducer = options.get("reducer", option_default(args.distiller, "reducer"))
-    if reducer is not None:
-        same["mgd_reducer"] = reducer
-    return same
+    """What a resume must keep beside the method: the teacher's architecture (when the method has a teacher) and
+    the method's identity settings (MGD's ``mgd_reducer``)."""
+    teacher = {"teacher_arch": args.teacher_arch} if mgd.DISTILLERS[args.distiller].needs_teacher else {}
+    return {**teacher, **identity_settings(args.distiller, args)}
 
 
 def train_worker(local_rank: int, args: argparse.Namespace,

@@ -17,7 +17,7 @@ import argparse
 import logging
 import os
 import sys
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -28,15 +28,16 @@ from torch import nn
 import mgd
 from mgd import distributed as mdist
 from mgd.checkpoint import atomic_save
-from mgd.registry import distiller_options, option_default, registered_methods
+from mgd.matching.update import LEGACY_MAX_IMAGES
+from mgd.registry import distiller_options, registered_methods
 from mgd.engine import (ArgumentParser, Precision, RunLog, UserError, add_launch_arguments, add_precision_arguments,
                         add_run_arguments, check_output_dir, eval_loader, launch, load_checkpoint, mean_terms,
                         plain_args, prepare_loader, read_weights, resume_from, run_cli, save_checkpoints,
                         setup_process, start_output_dir, worker_guard, wrap_for_training)
 from mgd.engine.loop import EpochTask, fit
 from mgd.engine.checkpoints import check_resume_matches
-from mgd.engine.args import (distiller_options_from_args, loss_factor, non_negative_float, non_negative_int,
-                             positive_float, positive_int)
+from mgd.engine.args import (distiller_options_from_args, identity_settings, loss_factor, non_negative_float,
+                             non_negative_int, positive_float, positive_int)
 from seg import data as sdata
 from seg.evaluate import evaluate
 from seg.losses import seg_cross_entropy
@@ -105,7 +106,7 @@ def get_parser() -> argparse.ArgumentParser:
                    "(default amp)")
     g.add_argument("--mgd-update-freq", default=2, type=positive_int, help="mgd: re-solve the matching every N epochs")
     g.add_argument("--mgd-update-images", default=None, type=positive_int, help="mgd: images tracked per matching "
-                   f"update (over all processes; default {option_default('mgd', 'update_images')})")
+                   f"update (over all processes; default {LEGACY_MAX_IMAGES}, the original's)")
     g.add_argument("--mgd-with-kd", default=0, type=int, choices=[0, 1], help="mgd: add pixel-wise KD (T = 1.5)")
     g.add_argument("--mgd-solver", default=None, choices=["ortools", "scipy"])
     g.add_argument("--kd-alpha", default=None, type=non_negative_float, help="kd: weight of the pixel-wise KD term; "
@@ -116,11 +117,6 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument("--ofd-teacher-train", default=None, type=int, choices=[0, 1], dest="ofd_teacher_train_mode",
                    help="ofd: keep the teacher's BN in train mode, as OFD's code did (default 0)")
     return p
-
-
-def reducer(args) -> Optional[str]:
-    """MGD's channel reducer for this run (the flag or the method's default); None for other methods."""
-    return distiller_options_from_args(args.distiller, args).get("reducer", option_default(args.distiller, "reducer"))
 
 
 def finish_args(args: argparse.Namespace) -> argparse.Namespace:
@@ -144,7 +140,8 @@ def finish_args(args: argparse.Namespace) -> argparse.Namespace:
     args.crop_size = args.crop_size or sdata.DEFAULT_CROP[args.dataset]
     if args.output_dir is None:
         name = os.path.basename(os.path.normpath(args.data)) or "data"
-        tag = [m for m in (args.distiller, reducer(args)) if m] if method.needs_teacher else []
+        tag = [args.distiller, *map(str, identity_settings(args.distiller, args).values())] \
+            if method.needs_teacher else []
         args.output_dir = os.path.join("output", ".".join([name, args.model] + tag))
     if not args.evaluate:
         check_output_dir(args.output_dir, CHECKPOINT_NAMES, args.resume, args.overwrite,
@@ -245,7 +242,7 @@ def worker(local_rank: int, args) -> None:
                                 weight_decay=args.weight_decay)
 
     same = {"teacher_model": args.teacher_model, "distill_positions": args.distill_positions,
-            **({"mgd_reducer": reducer(args)} if reducer(args) else {})} if distiller.needs_teacher else {}
+            **identity_settings(args.distiller, args)} if distiller.needs_teacher else {}
     start_epoch, best = 0, 0.0
     if args.resume:
         ckpt = load_checkpoint(args.resume, ("student", "epoch", "optimizer", "best_miou", "method"))

@@ -36,9 +36,10 @@ from mgd.engine import (ArgumentParser, Precision, RunLog, SkipUnreadable, UserE
                         start_output_dir, worker_guard, wrap_for_training)
 from mgd.engine.loop import EpochTask, fit
 from mgd.calibration import DEFAULT_LOSS_RATIO
-from mgd.registry import option_default, registered_methods
-from mgd.engine.args import (distiller_options_from_args, loss_factor, non_negative_float, non_negative_int,
-                             positive_float, positive_int)
+from mgd.matching.update import LEGACY_MAX_IMAGES
+from mgd.registry import registered_methods
+from mgd.engine.args import (distiller_options_from_args, identity_settings, loss_factor, non_negative_float,
+                             non_negative_int, positive_float, positive_int)
 from mgd.engine.checkpoints import check_epochs_left
 from unsup.moco import MoCo, TwoCropsTransform, moco_augmentation
 
@@ -94,7 +95,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--mgd-update-epochs", default=DEFAULT_UPDATE_EPOCHS, nargs="*", type=non_negative_int,
                    help="re-solve the matching before these epochs (0-based; the same as after these 1-based "
                    "epochs), besides before training")
-    p.add_argument("--mgd-update-images", default=option_default("mgd", "update_images"), type=positive_int,
+    p.add_argument("--mgd-update-images", default=LEGACY_MAX_IMAGES, type=positive_int,
                    help="images per update, over all processes")
     p.add_argument("--input-size", default=224, type=positive_int)
     add_run_arguments(p, default_output="output/moco_mgd")
@@ -122,13 +123,6 @@ def load_teacher(args) -> nn.Module:
         raise UserError(f"--teacher-resume: the encoder_q backbone does not fit {args.teacher_arch} "
                         f"({str(exc).splitlines()[0][:200]})") from exc
     return teacher
-
-
-def reducer_setting(args) -> dict:
-    """MGD's reducer for the resume check (the flag or the method's default), for the methods that have one."""
-    reducer = distiller_options_from_args(args.distiller, args).get("reducer",
-                                                                     option_default(args.distiller, "reducer"))
-    return {} if reducer is None else {"mgd_reducer": reducer}
 
 
 def feature_methods() -> List[str]:
@@ -216,7 +210,7 @@ def worker(local_rank: int, args) -> None:
         ckpt = load_checkpoint(args.resume, ("state_dict", "optimizer", "epoch", "distiller"))
         start_epoch = resume_from(ckpt, args.resume, moco, "state_dict", optimizer, precision, distiller=distiller,
                                   epochs=args.epochs, method=args.distiller,
-                                  **{k: getattr(args, k) for k in RESUME_SAME}, **reducer_setting(args))
+                                  **{k: getattr(args, k) for k in RESUME_SAME}, **identity_settings(args.distiller, args))
     trainable = wrap_for_training(model, device, args.distributed, data_parallel=False)  # MoCo needs DDP's ranks
     log = RunLog(args.output_dir, args.rank, args.tensorboard)
     criterion = nn.CrossEntropyLoss()

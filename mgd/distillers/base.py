@@ -89,6 +89,9 @@ class Distiller(nn.Module):
     dense_outputs: bool = False
     #: The prefixes of the method's command-line flags ``--<prefix>-<option>``; None: its registered name.
     flag_prefixes: Optional[Tuple[str, ...]] = None
+    #: The options that name a run beside the method and that a resume must keep (MGD: its reducer; the
+    #: original's output folder <distiller>.<reducer>).
+    identity_options: Tuple[str, ...] = ()
     _NETWORK_PREFIXES = ("t_net.", "s_net.")
 
     def __init_subclass__(cls, **kwargs) -> None:

@@ -139,6 +139,7 @@ class MGDistiller(PartialL2Distiller):
 
     wider_teacher = True  # matching assigns several teacher channels to each student channel
     prepare_name = "matching"
+    identity_options = ("reducer",)  # mgd.amp and mgd.rd are different runs (and checkpoints)
     prepare_tracks_features = True  # prepare = mgd_update: track the stage features, solve the matching
     #: seconds of the tracking pass that precedes the next update_flow (set by mgd_update; None: unknown)
     track_seconds: Optional[float] = None

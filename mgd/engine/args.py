@@ -3,7 +3,7 @@ references and the original MGD scripts give them."""
 from __future__ import annotations
 
 import argparse
-from typing import Optional
+from typing import Any, Dict, Optional
 
 __all__ = ["ArgumentParser", "add_launch_arguments", "add_precision_arguments", "add_run_arguments",
            "distiller_options_from_args", "loss_factor", "positive_int", "positive_float", "non_negative_int", "non_negative_float"]
@@ -92,6 +92,17 @@ def distiller_options_from_args(name: str, args: argparse.Namespace, **given) ->
                 options[option] = value
                 break
     return options
+
+
+def identity_settings(name: str, args: argparse.Namespace) -> Dict[str, Any]:
+    """The method's ``identity_options`` for this run (the flag, else the method's default), keyed
+    ``<flag prefix>_<option>`` as the flags and the checkpoints name them (MGD and sparse matching: mgd_reducer)."""
+    from ..registry import DISTILLERS, option_default
+
+    cls = DISTILLERS[name]
+    prefix = (cls.flag_prefixes or (name,))[0]
+    given = distiller_options_from_args(name, args)
+    return {f"{prefix}_{option}": given.get(option, option_default(name, option)) for option in cls.identity_options}
 
 
 class ArgumentParser(argparse.ArgumentParser):
