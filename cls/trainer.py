@@ -23,7 +23,7 @@ from mgd.features import classifier_layer
 
 from . import data as cdata
 from .models import TIMM_PREFIX, build_model, cached_weights_path, default_teacher, stage_specs
-from .utils import CHECKPOINT_NAMES, accuracy, evaluate, load_weights, make_scheduler
+from .utils import CHECKPOINT_NAMES, accuracy, evaluate, load_classifier_weights, make_scheduler
 
 logger = logging.getLogger("cls")
 
@@ -77,7 +77,7 @@ def load_pretrained(args: argparse.Namespace, model: nn.Module, num_classes: int
                         (f" (expected {where})" if where else " (torchvision has none)") +
                         "; pass --student-resume PATH instead")
     if num_classes == 1000:
-        load_weights(model, where, "--pretrained", num_classes)
+        load_classifier_weights(model, where, "--pretrained", num_classes)
     else:
         load_backbone(model, read_weights(where, "--pretrained"), "--pretrained", where)
         logger.info("--pretrained: ImageNet weights of %s, classifier re-initialised for %d classes", args.arch,
@@ -93,7 +93,7 @@ def build_student(args: argparse.Namespace, num_classes: int) -> nn.Module:
             torch.manual_seed(args.seed)
         model = build_model(args.arch, num_classes)
     if args.student_resume:
-        load_weights(model, args.student_resume, "--student-resume", num_classes)
+        load_classifier_weights(model, args.student_resume, "--student-resume", num_classes)
     elif args.use_pretrained:
         load_pretrained(args, model, num_classes)
     return model
@@ -104,9 +104,9 @@ def build_teacher(args: argparse.Namespace, num_classes: int) -> nn.Module:
     teacher = build_model(teacher_arch(args), num_classes)
     where = cached_weights_path(args.teacher_arch)
     if args.teacher_resume:
-        load_weights(teacher, args.teacher_resume, "--teacher-resume", num_classes)
+        load_classifier_weights(teacher, args.teacher_resume, "--teacher-resume", num_classes)
     elif num_classes == 1000 and where and os.path.isfile(where):
-        load_weights(teacher, where, "torchvision's cached ImageNet weights", num_classes)
+        load_classifier_weights(teacher, where, "torchvision's cached ImageNet weights", num_classes)
     else:
         hint = f" or put torchvision's weights at {where}" if where and num_classes == 1000 else ""
         raise UserError(f"no teacher weights: pass --teacher-resume PATH (train one with cls/main_base.py){hint}")
@@ -208,7 +208,26 @@ def resume(args: argparse.Namespace, student: nn.Module, optimizer, scheduler, p
     start = resume_from(ckpt, args.resume, student, "student", optimizer, precision, scheduler, distiller,
                         None if args.evaluate else args.epochs, arch=args.arch,
                         num_classes=classifier(student)[1].out_features, **same)
+    rescale_lr(optimizer, scheduler, (ckpt.get("args") or {}).get("lr"), args.lr)
     return start, float(ckpt["best_acc1"])
+
+
+def rescale_lr(optimizer: torch.optim.Optimizer, scheduler, saved_lr: Optional[float], lr: float) -> None:
+    """A resumed run's --lr, where it differs from its checkpoint's: the saved schedule's rates (its base and
+    its current point) rescaled by lr / saved_lr, so that the advice after a divergence ("lower --lr, resume
+    from the last good checkpoint") works; logged. (--lr-drop-epochs and --warmup apply as given anyway: the
+    schedule's factor is a function of the flags, not of the checkpoint.)"""
+    if saved_lr is None or float(saved_lr) == lr:
+        return
+    ratio = lr / float(saved_lr)
+    for group in optimizer.param_groups:
+        group["lr"] *= ratio
+        group["initial_lr"] = group.get("initial_lr", saved_lr) * ratio
+    if scheduler is not None:
+        scheduler.base_lrs = [base * ratio for base in scheduler.base_lrs]
+        scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+    logger.info("--lr %g replaces the checkpoint's %g: its schedule continues at %g x its rates", lr, saved_lr,
+                ratio)
 
 
 def make_optimizer(params, args: argparse.Namespace) -> torch.optim.Optimizer:
@@ -261,6 +280,22 @@ def identity_options(args: argparse.Namespace) -> Dict[str, Any]:
     return {**teacher, **identity_settings(args.distiller, args)}
 
 
+@torch.no_grad()
+def check_takes_images(model: nn.Module, example: torch.Tensor, what: str) -> None:
+    """One forward of a training image in eval mode, before any training: a network that cannot take the
+    images (a ViT made for 224 px given --input-size 32) is one line, not an assertion in the first step."""
+    was_training = model.training
+    model.eval()
+    try:
+        model(example)
+    except (AssertionError, RuntimeError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise UserError(f"{what} cannot take the training images ({'x'.join(map(str, example.shape[1:]))}): "
+                        f"{first}; choose another --input-size or another architecture") from None
+    finally:
+        model.train(was_training)
+
+
 def train_worker(local_rank: int, args: argparse.Namespace,
                  prepare_student: Optional[Callable[[nn.Module], None]] = None) -> None:
     """The training (or --evaluate) process of both scripts, whatever --distiller's method: main_base.py is
@@ -275,6 +310,10 @@ def train_worker(local_rank: int, args: argparse.Namespace,
     if args.distributed and args.sync_bn:
         student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
     student.to(device)
+    example = prepare_set[0][0].unsqueeze(0).to(device)  # the validation transforms: no random draw
+    for what, model in (("the teacher", teacher), ("the student", student)):
+        if model is not None:
+            check_takes_images(model, example, f"{what} {teacher_arch(args) if model is teacher else args.arch}")
     distiller = build_distiller(args, teacher, student, len(train_set)).to(device)
     if distiller.needs_indices:  # CRD's memory: each sample's dataset index rides along with it
         train_set = WithIndices(train_set)

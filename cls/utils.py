@@ -15,12 +15,13 @@ import torch
 from cls.data import DATASETS, default_input_size
 from mgd.engine import (ArgumentParser, Meter, UserError, add_launch_arguments, add_precision_arguments,
                         add_run_arguments, check_output_dir, read_weights)
-from mgd.engine.args import non_negative_float, non_negative_int, positive_float, positive_int
+from mgd.engine.args import add_training_arguments, non_negative_int, positive_float, positive_int
+from mgd.engine.checkpoints import CHECKPOINT_SET, load_weights
 
 logger = logging.getLogger("cls")
 
 #: What a run writes in its --output-dir (what makes a folder hold a previous run).
-CHECKPOINT_NAMES = ("last.pth", "best.pth", "student.pth")
+CHECKPOINT_NAMES = CHECKPOINT_SET
 
 
 # ------------------------------------------------------------------------------------------------ CLI
@@ -28,7 +29,7 @@ CHECKPOINT_NAMES = ("last.pth", "best.pth", "student.pth")
 def common_parser(description: str, nesterov: int) -> argparse.ArgumentParser:
     """The original scripts' flags, with their meanings (so their README commands keep working), plus
     ours. ``nesterov``: the script's default (the original main_base.py: plain momentum; main_mgd.py: Nesterov)."""
-    p = ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(description=description)
     p.add_argument("data", metavar="DIR", help="DIR/train and DIR/valid (or DIR/val) image folders, "
                    "or the Fashion-MNIST folder with --dataset fashion-mnist, or the folder that holds the CIFAR "
                    "python archive (cifar-10-batches-py/, cifar-100-python/ or its .tar.gz) with --dataset cifar10|100")
@@ -36,18 +37,9 @@ def common_parser(description: str, nesterov: int) -> argparse.ArgumentParser:
     p.add_argument("--download", action="store_true", help="let torchvision download Fashion-MNIST or CIFAR if "
                    "missing")
     p.add_argument("-a", "--arch", default="resnet18", help="model (student) architecture")
-    p.add_argument("-j", "--workers", default=4, type=non_negative_int, help="data loading workers per process "
-                   "(the original: 32 per node)")
-    p.add_argument("--epochs", default=100, type=positive_int)
-    p.add_argument("--start-epoch", default=0, type=non_negative_int, help="first epoch (overridden by --resume)")
-    p.add_argument("-b", "--batch-size", default=256, type=positive_int, help="total batch size over all processes")
-    p.add_argument("--lr", "--learning-rate", default=0.1, type=positive_float, dest="lr")
-    p.add_argument("--momentum", default=0.9, type=non_negative_float)
-    p.add_argument("--wd", "--weight-decay", default=1e-4, type=non_negative_float, dest="weight_decay")
+    add_training_arguments(p, epochs=100, batch_size=256, lr=0.1, workers=4, checkpoint="last.pth", start_epoch=True,
+                           evaluate="evaluate on the validation set")
     p.add_argument("--nesterov", default=nesterov, type=int, choices=[0, 1], help="Nesterov momentum")
-    p.add_argument("-p", "--print-freq", default=10, type=positive_int, help="progress bar refresh, in iterations")
-    p.add_argument("--resume", default="", metavar="PATH", help="a checkpoint of this script (last.pth) to continue")
-    p.add_argument("-e", "--evaluate", action="store_true", help="evaluate on the validation set and exit")
     p.add_argument("--student-resume", default="", metavar="PATH", help="initial student weights (a state dict, "
                    "or a checkpoint with 'state_dict' / 'student' / 'model')")
     p.add_argument("--teacher-resume", default="", metavar="PATH", help="teacher weights: a state dict or a "
@@ -89,7 +81,7 @@ def finish_args(args: argparse.Namespace, tag: Optional[str]) -> argparse.Namesp
     if not args.evaluate:
         inputs = {flag: getattr(args, flag.lstrip("-").replace("-", "_"), "")
                   for flag in ("--student-resume", "--teacher-resume", "--pretrained-backbone")}
-        check_output_dir(args.output_dir, CHECKPOINT_NAMES, args.resume, args.overwrite, inputs)
+        check_output_dir(args.output_dir, CHECKPOINT_NAMES, args.resume, args.overwrite, inputs, args.rank)
     if args.pretrained:
         args.use_pretrained = 1
     if args.warmup:  # as the original: the warm-up epochs come on top, and the drops move with them
@@ -100,17 +92,13 @@ def finish_args(args: argparse.Namespace, tag: Optional[str]) -> argparse.Namesp
 
 # ------------------------------------------------------------------------------------------ weights
 
-def load_weights(model: torch.nn.Module, path: str, what: str, num_classes: int) -> None:
-    """Load ``path`` into ``model`` strictly, turning mismatches into one clear line."""
+def load_classifier_weights(model: torch.nn.Module, path: str, what: str, num_classes: int) -> None:
+    """Load ``path`` into ``model`` strictly, a classifier of another class count named in one clear line."""
     state = read_weights(path, what)
     fc = [v for k, v in state.items() if k.endswith(("fc.weight", "classifier.1.weight", "classifier.weight"))]
     if fc and fc[-1].shape[0] != num_classes:
         raise UserError(f"{what}: {path} has {fc[-1].shape[0]} classes but the data has {num_classes}")
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()
-        raise UserError(f"{what}: {path} does not fit the architecture ({' '.join(first[:2])[:300]})") from exc
+    load_weights(model, state, what, path)
 
 
 # ------------------------------------------------------------------------------------------ training

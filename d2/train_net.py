@@ -24,7 +24,8 @@ from detectron2.engine import DefaultTrainer, default_argument_parser, default_s
 from detectron2.evaluation import COCOEvaluator, verify_results  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
 
-from mgd.engine.errors import EXIT_USER  # noqa: E402
+from mgd.engine.errors import EXIT_USER, UserError  # noqa: E402
+from mgd.engine.rundir import check_output_dir, start_output_dir  # noqa: E402
 from mgd_d2 import DistillDetector, MGDUpdateHook, add_mgd_config, cpu_ddp, launch, register_coco_datasets  # noqa: E402
 
 
@@ -50,12 +51,33 @@ class Trainer(DefaultTrainer):
         return hooks
 
 
+#: What a training run leaves in OUTPUT_DIR that makes the folder hold a previous run (DefaultTrainer's
+#: checkpoints), and what belongs to that run and moves aside with it under --overwrite.
+CHECKPOINT_NAMES = ("model_*.pth", "last_checkpoint")
+RUN_FILES = ("metrics.json", "log.txt*", "events.out.tfevents.*", "mgd_updates.jsonl", "config.yaml")
+
+
 def argument_parser():
     parser = default_argument_parser()
     parser.add_argument("--register-coco", nargs=3, action="append", default=[],
                         metavar=("NAME", "JSON", "IMAGE_DIR"),
                         help="register a COCO-format dataset under NAME in every process (repeatable)")
+    parser.add_argument("--overwrite", action="store_true", help="start afresh in an OUTPUT_DIR that holds a "
+                        "previous run: its checkpoints and logs are moved to OUTPUT_DIR/previous-<time>/ first "
+                        "(without it, such a run is refused unless it is --resume'd)")
     return parser
+
+
+def check_output(args, cfg) -> None:
+    """OUTPUT_DIR as the other applications keep theirs (mgd.engine.rundir): a folder with a previous run's
+    checkpoints is written into only with --resume (the run continues) or --overwrite (the previous run is
+    moved aside, nothing is deleted), and never by two runs at once (its run.lock)."""
+    if args.eval_only:
+        return
+    out = cfg.OUTPUT_DIR
+    check_output_dir(out, CHECKPOINT_NAMES, os.path.join(out, "last_checkpoint") if args.resume else "",
+                     args.overwrite, {"MODEL.WEIGHTS": cfg.MODEL.WEIGHTS}, args.machine_rank, flag="OUTPUT_DIR")
+    start_output_dir(out, CHECKPOINT_NAMES, args.resume, args.machine_rank, args.overwrite, companions=RUN_FILES)
 
 
 def load_config(args):
@@ -95,10 +117,12 @@ def run(args, main_func=main):
     MODEL.DEVICE is cpu (or no GPU exists). A bad config or dataset is one line and exit code 2."""
     try:
         register_coco_datasets(args.register_coco)  # checked here once, before any process starts
-        device = load_config(args).MODEL.DEVICE
-    except (ValueError, FileNotFoundError, KeyError, AssertionError) as exc:
+        cfg = load_config(args)
+        check_output(args, cfg)
+    except (ValueError, FileNotFoundError, KeyError, AssertionError, UserError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(EXIT_USER)
+    device = cfg.MODEL.DEVICE
     if not torch.cuda.is_available():
         device = "cpu"
     launch(main_func, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,

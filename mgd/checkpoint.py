@@ -34,6 +34,10 @@ _NOT_TORCH = "not a PyTorch checkpoint (neither a torch.save zip archive nor a l
 
 
 # ------------------------------------------------------------------------------------------------ writing
+#: Non-empty while a :func:`deferred_signals` block runs in the main thread (nested blocks defer nothing more).
+_deferring: List[bool] = []
+
+
 @contextlib.contextmanager
 def deferred_signals() -> Iterator[None]:
     """SIGINT and SIGTERM recorded, not acted on, while the block runs; then the previous handlers are
@@ -43,10 +47,11 @@ def deferred_signals() -> Iterator[None]:
     Why: a Ctrl-C or a scheduler's SIGTERM in the middle of torch.save would otherwise abort the write (the
     checkpoint the user wanted is lost) and print a C++ stream error. Signal handlers can only be installed
     in the main thread; elsewhere the block simply runs. A handler installed outside Python (getsignal()
-    is None) cannot be restored, so that signal is left alone.
+    is None) cannot be restored, so that signal is left alone. Nested blocks (an atomic write inside a set
+    of writes) are part of the outermost one: the signal is acted on, and reported, once, after it.
     """
-    if threading.current_thread() is not threading.main_thread():
-        yield
+    if threading.current_thread() is not threading.main_thread() or _deferring:
+        yield  # another thread, or inside an outer block, which defers (and reports) for both
         return
     received: List[int] = []
     previous = {}
@@ -59,14 +64,22 @@ def deferred_signals() -> Iterator[None]:
         for sig in _DEFERRED_SIGNALS:
             if signal.getsignal(sig) is not None:
                 previous[sig] = signal.signal(sig, record)
+        _deferring.append(True)
         yield
     finally:
+        _deferring.clear()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         for sig in received:
             logger.info("checkpoint written; now acting on signal %s received during the write",
                         signal.Signals(sig).name)
             signal.raise_signal(sig)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_save(obj: Any, path: str) -> None:
@@ -87,6 +100,7 @@ def atomic_save(obj: Any, path: str) -> None:
                 torch.save(obj, f)
                 f.flush()
                 os.fsync(f.fileno())
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would make checkpoints private, unlike torch.save's
             os.replace(tmp, path)
         except BaseException:
             if os.path.exists(tmp):

@@ -18,13 +18,18 @@ plugins and timm's models do), read on the first look-up of the registry, never 
 
 Every option of a method is a keyword parameter of its ``__init__`` with a default (following ``**kwargs`` up
 its bases), so ``build_distiller(name, teacher, student)`` works for every name on torchvision classifiers, and
-the applications read a method's ``--<prefix>-<option>`` flags by its signature (mgd.engine.args).
+the applications generate a method's ``--<prefix>-<option>`` flags from its signature: the options it names in
+``cli_options``, each with its default, its type (the annotation) and its help (the ``Args:`` entry of the
+class docstring, Google style), see :func:`command_line_options` and :mod:`mgd.engine.args`.
 """
 from __future__ import annotations
 
 import inspect
 import logging
+import re
+import typing
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Set, TypeVar
 
 from torch import nn
@@ -33,7 +38,8 @@ if TYPE_CHECKING:
     from .distillers.base import Distiller
 
 __all__ = ["DISTILLERS", "ENTRY_POINT_GROUP", "register_distiller", "unregister_distiller", "registered_methods",
-           "build_distiller", "distiller_options", "option_default"]
+           "build_distiller", "distiller_options", "option_default", "CommandLineOption", "command_line_options",
+           "documented_options"]
 
 logger = logging.getLogger("mgd")
 
@@ -179,3 +185,76 @@ def option_default(name: str, option: str) -> Any:
 def distiller_options(name: str) -> Set[str]:
     """The keyword options the distiller called ``name`` accepts (following ``**kwargs`` up its bases)."""
     return set(_init_parameters(name))
+
+
+@dataclass(frozen=True)
+class CommandLineOption:
+    """One option of a method that applications offer as a flag: its keyword, default, type hint (resolved
+    annotation) and help (the docstring's ``Args:`` entry)."""
+
+    option: str
+    default: Any
+    annotation: Any
+    help: str
+
+
+_ARGS_HEADING = re.compile(r"^Args\b.*:\s*$")
+_ARG_ENTRY = re.compile(r"^    (\w+(?:, \w+)*): (.*)$")
+
+
+def documented_options(cls: type) -> Dict[str, str]:
+    """option -> help text from the ``Args:`` sections (Google style, entries indented four spaces, continuation
+    lines eight) of the class docstrings up ``cls``'s MRO; the most derived entry of a name wins."""
+    found: Dict[str, str] = {}
+    for klass in cls.__mro__:
+        doc = vars(klass).get("__doc__")
+        if not doc:
+            continue
+        names: List[str] = []
+        in_args = False
+        for line in inspect.cleandoc(doc).splitlines():
+            if _ARGS_HEADING.match(line):
+                in_args, names = True, []
+                continue
+            if not in_args:
+                continue
+            entry = _ARG_ENTRY.match(line)
+            if entry:
+                names = [n for n in entry.group(1).split(", ") if n not in found]
+                for n in names:
+                    found[n] = entry.group(2).strip()
+            elif line.startswith("        ") and names:
+                for n in names:
+                    found[n] += " " + line.strip()
+            elif line.strip() and not line.startswith(" "):
+                in_args, names = False, []  # the section ended
+    return found
+
+
+def _init_annotations(name: str) -> Dict[str, Any]:
+    """option -> resolved type hint, from the ``__init__`` of the class (up the MRO) that defines it."""
+    hints: Dict[str, Any] = {}
+    for cls in DISTILLERS[name].__mro__:
+        if "__init__" in vars(cls) and cls not in (nn.Module, object):
+            for key, hint in typing.get_type_hints(cls.__init__).items():
+                hints.setdefault(key, hint)
+    return hints
+
+
+def command_line_options(name: str) -> List[CommandLineOption]:
+    """The options of the method called ``name`` that applications offer as flags (its class's ``cli_options``),
+    with their defaults, types and help; TypeError for an entry of ``cli_options`` that is no keyword option with
+    a default, or that its docstrings do not document (a method's flags are never undocumented)."""
+    cls = DISTILLERS[name]
+    params, hints, helps = _init_parameters(name), _init_annotations(name), documented_options(cls)
+    found = []
+    for option in cls.cli_options:
+        param = params.get(option)
+        if param is None or param.default is param.empty:
+            raise TypeError(f"{cls.__qualname__}.cli_options names {option!r}, which is no keyword option with a "
+                            "default of its __init__")
+        if option not in helps:
+            raise TypeError(f"{cls.__qualname__}.cli_options names {option!r}, which no 'Args:' entry of its "
+                            "docstring documents")
+        found.append(CommandLineOption(option, param.default, hints.get(option, Any), helps[option]))
+    return found

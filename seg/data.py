@@ -144,7 +144,8 @@ class SegmentationFiles(Dataset):
         bad = np.unique(values[(values >= self.num_classes) & (values != IGNORE_INDEX)])
         if bad.size:
             raise UserError(f"label {label_path} holds value(s) {', '.join(map(str, bad[:5].tolist()))} outside "
-                            f"[0, {self.num_classes}) (255 = ignore): give --num-classes or fix the labels")
+                            f"[0, {self.num_classes}) (255 = ignore): fix the labels, or raise --num-classes above the largest "
+                            "class value")
         if label.mode != "L":
             label = Image.fromarray(values.astype(np.uint8))
         return image, label

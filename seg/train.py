@@ -26,18 +26,16 @@ import torch
 from torch import nn
 
 import mgd
-from mgd import distributed as mdist
 from mgd.checkpoint import atomic_save
-from mgd.matching.update import LEGACY_MAX_IMAGES
-from mgd.registry import distiller_options, registered_methods
+from mgd.registry import registered_methods
 from mgd.engine import (ArgumentParser, Precision, RunLog, UserError, add_launch_arguments, add_precision_arguments,
                         add_run_arguments, check_output_dir, eval_loader, launch, load_checkpoint, mean_terms,
                         plain_args, prepare_loader, read_weights, resume_from, run_cli, save_checkpoints,
                         setup_process, start_output_dir, worker_guard, wrap_for_training)
 from mgd.engine.loop import EpochTask, fit
-from mgd.engine.checkpoints import check_resume_matches
-from mgd.engine.args import (distiller_options_from_args, identity_settings, loss_factor, non_negative_float,
-                             non_negative_int, positive_float, positive_int)
+from mgd.engine.checkpoints import CHECKPOINT_SET, check_resume_matches, load_weights
+from mgd.engine.args import (add_method_arguments, add_training_arguments, check_method_flags,
+                             distiller_options_from_args, identity_settings, positive_int)
 from seg import data as sdata
 from seg.evaluate import evaluate
 from seg.losses import seg_cross_entropy
@@ -47,7 +45,7 @@ from seg.positions import pair_positions, resolve_positions, stage_weights
 logger = logging.getLogger("seg")
 
 #: What a run writes in its --output-dir (what makes a folder hold a previous run).
-CHECKPOINT_NAMES = ("last.pth", "best.pth", "student.pth")
+CHECKPOINT_NAMES = CHECKPOINT_SET
 #: OFD's segmentation loss factor (train_with_distillation.py: loss_distill.sum() / batch_size * 1e-5).
 OFD_SEG_LOSS_FACTOR = 1e5
 POLY_POWER = 0.9
@@ -61,8 +59,7 @@ def dense_methods() -> List[str]:
 
 
 def get_parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(description=__doc__.strip().splitlines()[0],
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(description=__doc__.strip().splitlines()[0])
     p.add_argument("data", metavar="DIR", help="the dataset's root folder (see --dataset)")
     p.add_argument("--dataset", default="voc", choices=["voc", "cityscapes", "folder"])
     p.add_argument("--use-sbd", action="store_true", help="voc: add SBD's train_noval images (DIR/SBD)")
@@ -83,39 +80,15 @@ def get_parser() -> argparse.ArgumentParser:
                    help="the method; none (plain training, the default) trains the model alone")
     p.add_argument("--distill-positions", default="all", help="backbone, head, all, or a comma-separated list of "
                    "stage1..stage4, aspp, decoder (seg/README.md)")
-    p.add_argument("-j", "--workers", default=4, type=non_negative_int, help="data loading workers per process")
-    p.add_argument("--epochs", default=30, type=positive_int)
-    p.add_argument("-b", "--batch-size", default=8, type=positive_int, help="total batch size over all processes")
-    p.add_argument("--lr", "--learning-rate", default=0.01, type=positive_float, dest="lr",
-                   help="initial LR, decayed per iteration as (1 - it / total) ** 0.9")
-    p.add_argument("--momentum", default=0.9, type=non_negative_float)
-    p.add_argument("--wd", "--weight-decay", default=1e-4, type=non_negative_float, dest="weight_decay")
-    p.add_argument("-p", "--print-freq", default=10, type=positive_int, help="progress bar refresh, in iterations")
-    p.add_argument("--resume", default="", metavar="PATH", help="a checkpoint of this script (last.pth) to continue")
-    p.add_argument("-e", "--evaluate", action="store_true", help="evaluate the model (and the teacher) and exit")
+    add_training_arguments(p, epochs=30, batch_size=8, lr=0.01, workers=4, checkpoint="last.pth",
+                           evaluate="evaluate the model (and the teacher)")  # the LR decays as (1 - it / total) ** 0.9
     p.add_argument("--sync-bn", default=0, type=int, choices=[0, 1], help="SyncBatchNorm in distributed training")
     add_launch_arguments(p)
     add_precision_arguments(p)
     add_run_arguments(p)
-    g = p.add_argument_group("method options (unset: the method's default; mgd/ofd: OFD's segmentation settings)")
-    g.add_argument("--loss-factor", default=None, type=loss_factor, help="mgd/ofd: the distillation loss is divided "
-                   "by the batch size and this factor (default 1e5, OFD's segmentation value); 'auto': measured "
-                   "before training so that the distillation term starts at --loss-ratio times the cross-entropy")
-    g.add_argument("--loss-ratio", default=None, type=positive_float, help="mgd/ofd with --loss-factor auto")
-    g.add_argument("--mgd-reducer", default=None, choices=["amp", "rd", "sp", "sm"], help="mgd: channel reducer "
-                   "(default amp)")
-    g.add_argument("--mgd-update-freq", default=2, type=positive_int, help="mgd: re-solve the matching every N epochs")
-    g.add_argument("--mgd-update-images", default=None, type=positive_int, help="mgd: images tracked per matching "
-                   f"update (over all processes; default {LEGACY_MAX_IMAGES}, the original's)")
-    g.add_argument("--mgd-with-kd", default=0, type=int, choices=[0, 1], help="mgd: add pixel-wise KD (T = 1.5)")
-    g.add_argument("--mgd-solver", default=None, choices=["ortools", "scipy"])
-    g.add_argument("--kd-alpha", default=None, type=non_negative_float, help="kd: weight of the pixel-wise KD term; "
-                   "the cross-entropy keeps 1 - alpha (default 0.9)")
-    g.add_argument("--kd-temperature", default=None, type=positive_float, help="kd: temperature (default 4)")
-    g.add_argument("--at-beta", default=None, type=non_negative_float, help="at: beta (default 1000)")
-    g.add_argument("--sp-gamma", default=None, type=non_negative_float, help="sp: gamma (default 3000)")
-    g.add_argument("--ofd-teacher-train", default=None, type=int, choices=[0, 1], dest="ofd_teacher_train_mode",
-                   help="ofd: keep the teacher's BN in train mode, as OFD's code did (default 0)")
+    # no classifier embedding for KD++'s ND term, and without it KD has no KD++ weight or warm-up
+    add_method_arguments(p, dense_methods(), defaults={"loss_factor": OFD_SEG_LOSS_FACTOR},
+                         exclude=("nd_weight", "kd_weight", "warmup_epochs"))
     return p
 
 
@@ -134,9 +107,7 @@ def finish_args(args: argparse.Namespace) -> argparse.Namespace:
     if method.needs_teacher and not args.teacher_resume and not args.evaluate:
         raise UserError(f"--distiller {args.distiller} needs the teacher's weights: --teacher-resume PATH (train one "
                         "with --distiller none)")
-    if args.loss_factor is not None and "loss_factor" not in distiller_options(args.distiller):
-        raise UserError(f"--loss-factor has no meaning for --distiller {args.distiller}: it scales the "
-                        "partial-L2 methods (mgd, sm, ofd)")
+    check_method_flags(args.distiller, args, dense_methods())
     args.crop_size = args.crop_size or sdata.DEFAULT_CROP[args.dataset]
     if args.output_dir is None:
         name = os.path.basename(os.path.normpath(args.data)) or "data"
@@ -145,7 +116,7 @@ def finish_args(args: argparse.Namespace) -> argparse.Namespace:
         args.output_dir = os.path.join("output", ".".join([name, args.model] + tag))
     if not args.evaluate:
         check_output_dir(args.output_dir, CHECKPOINT_NAMES, args.resume, args.overwrite,
-                         {"--student-resume": args.student_resume, "--teacher-resume": args.teacher_resume})
+                         {"--student-resume": args.student_resume, "--teacher-resume": args.teacher_resume}, args.rank)
     return args
 
 
@@ -154,11 +125,7 @@ def finish_args(args: argparse.Namespace) -> argparse.Namespace:
 def load_model_weights(model: nn.Module, path: str, what: str) -> None:
     """Strict load of a state dict (or a checkpoint holding one; torchvision's auxiliary-head keys ignored)."""
     state = {k: v for k, v in read_weights(path, what).items() if not k.startswith("aux_classifier.")}
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        first = " ".join(str(exc).strip().splitlines()[:2])[:300]
-        raise UserError(f"{what}: {path} does not fit the model ({first})") from exc
+    load_weights(model, state, what, path)
 
 
 def build_distiller(args, teacher: nn.Module, student: nn.Module) -> mgd.Distiller:
@@ -167,8 +134,6 @@ def build_distiller(args, teacher: nn.Module, student: nn.Module) -> mgd.Distill
     not take are not passed); every configuration problem is a one-line UserError."""
     method = mgd.DISTILLERS[args.distiller]
     given: Dict[str, Any] = {"calibration_task_loss": seg_cross_entropy}
-    if args.loss_factor is None:
-        given["loss_factor"] = OFD_SEG_LOSS_FACTOR
     if method.needs_features:
         try:
             names, t_specs, s_specs = pair_positions(teacher, student, args.distill_positions, method.wider_teacher)
@@ -282,8 +247,7 @@ def worker(local_rank: int, args) -> None:
 
 
 class SegmentationEpochs(EpochTask):
-    """What segmentation adds to the engine's one loop: the poly LR per iteration, rank 0's BN statistics on every
-    rank before the evaluation, mIoU on the validation set (the best makes best.pth), and its checkpoints."""
+    """What segmentation adds to the engine's one loop: the poly LR per iteration, mIoU on the validation set (the best makes best.pth), and its checkpoints."""
 
     score = "miou"
     log_name = "seg"
@@ -305,10 +269,6 @@ class SegmentationEpochs(EpochTask):
         self.schedule["total"] = len(loader) * self.args.epochs
         self.schedule["iteration"] = len(loader) * epoch
         return set_poly_lr(optimizer, self.args.lr, self.schedule["iteration"], self.schedule["total"])
-
-    def after_epoch(self, epoch: int) -> None:
-        for buffer in self.student.buffers():  # BN statistics as rank 0's on every rank: every rank evaluates one
-            mdist.broadcast(buffer, 0)
 
     def evaluate(self, epoch: int) -> Dict[str, Any]:
         val = evaluate(self.student, self.val_loader, self.device, self.num_classes, self.args.rank == 0)

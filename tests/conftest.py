@@ -25,3 +25,12 @@ def _restore_signal_handlers():
     yield
     for sig, handler in saved.items():
         signal.signal(sig, handler)
+
+
+@pytest.fixture(autouse=True)
+def _release_output_dirs():
+    """A script run in this process (its main, its check_output_dir) holds its --output-dir's run.lock until it
+    ends: released after each test, as a script's process would at its exit."""
+    yield
+    from mgd.engine.rundir import release_output_dir
+    release_output_dir()

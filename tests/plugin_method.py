@@ -6,9 +6,14 @@ import mgd
 
 
 class LogitMSE(mgd.Distiller):
-    """weight * MSE(student logits, teacher logits)."""
+    """weight * MSE(student logits, teacher logits).
+
+    Args:
+        weight: weight of the mean squared error of the logits.
+    """
 
     needs_features = False
+    cli_options = ("weight",)  # --logit-mse-weight in every script that offers the method
 
     def __init__(self, t_net, s_net, weight: float = 1.0, **kwargs):
         super().__init__(t_net, s_net, **kwargs)
@@ -32,9 +37,14 @@ def write_package(root, name="logit_mse"):
 
 class StageL2(mgd.Distiller):
     """weight * the mean squared difference of the student's and the teacher's pre-ReLU stage features (a dense
-    method: it works on any (N, C, H, W) features, so seg/train.py offers it; pairs of equal widths only)."""
+    method: it works on any (N, C, H, W) features, so seg/train.py offers it; pairs of equal widths only).
+
+    Args:
+        weight: weight of the summed stage MSEs.
+    """
 
     dense_outputs = True
+    cli_options = ("weight",)
 
     def __init__(self, t_net, s_net, weight: float = 1.0, **kwargs):
         super().__init__(t_net, s_net, **kwargs)

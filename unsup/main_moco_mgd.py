@@ -35,12 +35,11 @@ from mgd.engine import (ArgumentParser, Precision, RunLog, SkipUnreadable, UserE
                         launch, load_checkpoint, plain_args, resume_from, run_cli, save_checkpoints, setup_process,
                         start_output_dir, worker_guard, wrap_for_training)
 from mgd.engine.loop import EpochTask, fit
-from mgd.calibration import DEFAULT_LOSS_RATIO
-from mgd.matching.update import LEGACY_MAX_IMAGES
 from mgd.registry import registered_methods
-from mgd.engine.args import (distiller_options_from_args, identity_settings, loss_factor, non_negative_float,
-                             non_negative_int, positive_float, positive_int)
-from mgd.engine.checkpoints import check_epochs_left
+from mgd.engine.args import (add_method_arguments, add_training_arguments, check_method_flags,
+                             distiller_options_from_args, identity_settings, positive_float,
+                             positive_int, unit_interval)
+from mgd.engine.checkpoints import check_epochs_left, load_weights
 from unsup.moco import MoCo, TwoCropsTransform, moco_augmentation
 
 logger = logging.getLogger("unsup")
@@ -58,25 +57,17 @@ _PREPARE_SALT = 104729
 
 
 def get_parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(description=__doc__.strip().splitlines()[0],
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(description=__doc__.strip().splitlines()[0])
     p.add_argument("data", metavar="DIR", help="DIR/train with one folder per class (labels are not used)")
     p.add_argument("-a", "--arch", default="resnet18", choices=ARCHS, help="student backbone")
-    p.add_argument("-j", "--workers", default=8, type=non_negative_int)
-    p.add_argument("--epochs", default=200, type=positive_int)
-    p.add_argument("--start-epoch", default=0, type=non_negative_int)
-    p.add_argument("-b", "--batch-size", default=256, type=positive_int, help="total over all processes")
-    p.add_argument("--lr", "--learning-rate", default=0.03, type=positive_float, dest="lr")
+    add_training_arguments(p, epochs=200, batch_size=256, lr=0.03, workers=8, checkpoint="checkpoint_last.pth.tar",
+                           start_epoch=True)  # MoCo-v2's defaults
     p.add_argument("--schedule", default=[120, 160], nargs="*", type=int, help="LR x0.1 at these epochs (no --cos)")
-    p.add_argument("--momentum", default=0.9, type=non_negative_float)
-    p.add_argument("--wd", "--weight-decay", default=1e-4, type=non_negative_float, dest="weight_decay")
-    p.add_argument("-p", "--print-freq", default=10, type=positive_int)
-    p.add_argument("--resume", default="", metavar="PATH", help="a checkpoint of this script to continue")
     add_launch_arguments(p)
     add_precision_arguments(p)
     p.add_argument("--moco-dim", default=128, type=positive_int)
     p.add_argument("--moco-k", default=65536, type=positive_int, help="queue length (a multiple of the batch size)")
-    p.add_argument("--moco-m", default=0.999, type=non_negative_float)
+    p.add_argument("--moco-m", default=0.999, type=unit_interval, help="momentum of the key encoder, in [0, 1]")
     p.add_argument("--moco-t", default=0.07, type=positive_float)
     p.add_argument("--mlp", action="store_true", help="MoCo v2 projection head")
     p.add_argument("--aug-plus", action="store_true", help="MoCo v2 augmentation")
@@ -85,20 +76,10 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher-resume", required=True, metavar="PATH", help="an official MoCo-v2 checkpoint")
     p.add_argument("--distiller", default="mgd", choices=feature_methods(), help="the method that distils the "
                    "teacher's stage features into the query encoder's (any registered feature method)")
-    p.add_argument("--loss-factor", default=1e4, type=loss_factor, help="mgd/sm/ofd: the distillation loss is "
-                   "divided by the batch size and this factor; 'auto': measured after the first matching so that the "
-                   "distillation term starts at --loss-ratio times the InfoNCE loss (kept in the checkpoint)")
-    p.add_argument("--loss-ratio", default=DEFAULT_LOSS_RATIO, type=positive_float,
-                   help="with --loss-factor auto: the distillation term's start as a multiple of InfoNCE")
-    p.add_argument("--mgd-reducer", default=None, choices=["amp", "rd", "sp", "sm"],
-                   help="mgd: channel reducer (default amp; sm: sparse matching, also --distiller sm)")
-    p.add_argument("--mgd-update-epochs", default=DEFAULT_UPDATE_EPOCHS, nargs="*", type=non_negative_int,
-                   help="re-solve the matching before these epochs (0-based; the same as after these 1-based "
-                   "epochs), besides before training")
-    p.add_argument("--mgd-update-images", default=LEGACY_MAX_IMAGES, type=positive_int,
-                   help="images per update, over all processes")
     p.add_argument("--input-size", default=224, type=positive_int)
     add_run_arguments(p, default_output="output/moco_mgd")
+    add_method_arguments(p, feature_methods(), defaults={"update_epochs": DEFAULT_UPDATE_EPOCHS},
+                         exclude=("with_kd",))  # MoCo's encoders have no class logits
     return p
 
 
@@ -117,11 +98,7 @@ def load_teacher(args) -> nn.Module:
                         "(not a MoCo checkpoint)")
     teacher = getattr(torchvision.models, args.teacher_arch)(weights=None)
     teacher.fc = nn.Identity()
-    try:
-        teacher.load_state_dict(backbone, strict=True)
-    except RuntimeError as exc:
-        raise UserError(f"--teacher-resume: the encoder_q backbone does not fit {args.teacher_arch} "
-                        f"({str(exc).splitlines()[0][:200]})") from exc
+    load_weights(teacher, backbone, "--teacher-resume (its encoder_q backbone)", args.teacher_resume)
     return teacher
 
 
@@ -285,12 +262,13 @@ class PretrainingEpochs(EpochTask):
 
 def main(argv=None) -> None:
     args = get_parser().parse_args(argv)
+    check_method_flags(args.distiller, args, feature_methods())
     if not os.path.isdir(args.data):
         raise UserError(f"data directory not found: {args.data}")
     if not os.path.isfile(args.teacher_resume):
         raise UserError(f"--teacher-resume: checkpoint not found: {args.teacher_resume}")
     check_output_dir(args.output_dir, CHECKPOINT_NAMES, args.resume, args.overwrite,
-                     {"--teacher-resume": args.teacher_resume})
+                     {"--teacher-resume": args.teacher_resume}, args.rank)
     launch(worker, args)
 
 

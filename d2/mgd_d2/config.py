@@ -120,8 +120,7 @@ def check_method(cfg: CN, box_logits: bool = True) -> str:
         raise ValueError(f"MGD.LOSS_FACTOR must be '' (the LOSS_FACTORS as given) or 'auto', "
                          f"got {cfg.MGD.LOSS_FACTOR!r}")
     if cfg.MGD.LOSS_FACTOR and "loss_factor" not in distiller_options(name):
-        prefixes = DISTILLERS[name].flag_prefixes or (name,)
-        own = " or ".join(f"MGD.{p.upper()}.*" for p in prefixes)
+        own = f"MGD.{(DISTILLERS[name].flag_prefix or name).upper()}.*"
         raise ValueError(f"MGD.LOSS_FACTOR {cfg.MGD.LOSS_FACTOR!r} calibrates a method's loss factor and {name} has "
                          f"none (a logit method is weighted by {own}): leave it empty")
     return name

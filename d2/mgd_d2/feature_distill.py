@@ -40,6 +40,8 @@ def build_feature_distiller(cfg, teacher_bottom_up: nn.Module, student_bottom_up
         stage_weights=[0.0 if f == 0 else 1.0 / f for f in factors],
         loss_factor="auto" if cfg.MGD.LOSS_FACTOR == "auto" else 1.0, loss_ratio=cfg.MGD.LOSS_RATIO,
         calibration_images=cfg.MGD.CALIBRATION_IMAGES,
+        # each matching tracks MGD.UPDATE_ITER batches of SOLVER.IMS_PER_BATCH images (over all processes)
+        update_images=cfg.MGD.UPDATE_ITER * cfg.SOLVER.IMS_PER_BATCH,
         # MGD only (Yue et al. 2020's detection settings: GroupNorm(32) student side unless SyncBN)
         reducer=cfg.MGD.REDUCER, sync_bn=cfg.MGD.SYNC_BN, preReLU=cfg.MGD.PRERELU, det=True,
         solver=cfg.MGD.SOLVER, student_norm=NaiveSyncBatchNorm if cfg.MGD.SYNC_BN else None)

@@ -18,7 +18,7 @@ from mgd.registry import DISTILLERS, distiller_options
 
 
 def method_options(cfg, name: str) -> Tuple[Dict[str, Any], float]:
-    """(options, weight) of the method ``name`` from its config section(s) MGD.<PREFIX> (its ``flag_prefixes``,
+    """(options, weight) of the method ``name`` from its config section MGD.<PREFIX> (its ``flag_prefix``,
     else its name, upper case): each key, lower case, is one of its keyword options; WEIGHT, where the method has
     no ``weight`` option, is d2's multiplier of its terms (1 without it). A method with a warm-up gets
     ``warmup_epochs`` 0 unless a section sets it: d2 counts iterations and announces no epoch. ValueError naming
@@ -26,19 +26,17 @@ def method_options(cfg, name: str) -> Tuple[Dict[str, Any], float]:
     accepted = distiller_options(name)
     options: Dict[str, Any] = {}
     weight = 1.0
-    for prefix in DISTILLERS[name].flag_prefixes or (name,):
-        section = cfg.MGD.get(prefix.upper())
-        if not hasattr(section, "items"):  # no section of that name (or a plain key)
-            continue
-        for key, value in section.items():
-            option = key.lower()
-            if option == "weight" and option not in accepted:
-                weight = float(value)
-            elif option in accepted:
-                options.setdefault(option, value)
-            else:
-                raise ValueError(f"MGD.{prefix.upper()}.{key} is not an option of {name}; its options: "
-                                 f"{', '.join(o.upper() for o in sorted(accepted))}")
+    prefix = DISTILLERS[name].flag_prefix or name
+    section = cfg.MGD.get(prefix.upper())
+    for key, value in (section.items() if hasattr(section, "items") else ()):  # no section: the defaults
+        option = key.lower()
+        if option == "weight" and option not in accepted:
+            weight = float(value)
+        elif option in accepted:
+            options[option] = value
+        else:
+            raise ValueError(f"MGD.{prefix.upper()}.{key} is not an option of {name}; its options: "
+                             f"{', '.join(o.upper() for o in sorted(accepted))}")
     if "warmup_epochs" in accepted:
         options.setdefault("warmup_epochs", 0)
     return options, weight

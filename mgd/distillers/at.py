@@ -16,7 +16,13 @@ __all__ = ["ATDistiller"]
 @register_distiller("at")
 class ATDistiller(Distiller):
     """Attention transfer on every distilled stage's post-ReLU output: beta / 2 * sum of at_loss (beta =
-    1000). ``ignore_inds`` as MGD's (the attention maps of a stage must have the teacher's spatial size)."""
+    1000). ``ignore_inds`` as MGD's (the attention maps of a stage must have the teacher's spatial size).
+
+    Args:
+        beta: the loss is beta / 2 times the sum over the distilled stages (1000).
+    """
+
+    cli_options = ("beta",)
 
     dense_outputs = True
 

@@ -17,7 +17,7 @@ positive is the other network's current embedding of the same image (our variant
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Literal, Optional
 
 import torch
 import torch.nn.functional as F
@@ -35,14 +35,30 @@ __all__ = ["CRDDistiller"]
 @register_distiller("crd")
 class CRDDistiller(Distiller):
     """CRD. ``num_samples``: the training set's size (the bank's rows; the applications give it); ``memory``:
-    "bank" (the paper's) or "queue"."""
+    "bank" (the paper's) or "queue".
+
+    Args:
+        weight: weight of the CRD term (0.8).
+        num_negatives: negatives per sample (16384).
+        temperature: the NCE temperature (0.07).
+        momentum: momentum of the memory's updates (0.5).
+        feat_dim: size of the embeddings compared (128).
+        memory: "bank" (the paper's: N x feat_dim x 2 floats, needs the samples' indices) or "queue" (the last
+            num_negatives embeddings, MoCo-style).
+    """
+
+    cli_options = ("weight", "num_negatives", "temperature", "momentum", "feat_dim", "memory")
 
     replica_safe = False  # the memory moves in the training forward: DistributedDataParallel, not DataParallel
 
     def __init__(self, t_net: nn.Module, s_net: nn.Module, num_samples: Optional[int] = None, feat_dim: int = 128,
                  num_negatives: int = 16384, temperature: float = 0.07, momentum: float = 0.5, weight: float = 0.8,
-                 memory: str = "bank", teacher_embedding: Optional[str] = None,
+                 memory: Literal["bank", "queue"] = "bank", teacher_embedding: Optional[str] = None,
                  student_embedding: Optional[str] = None, **kwargs) -> None:
+        if not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"crd momentum must be in [0, 1] (the memory keeps momentum x its old rows), got {momentum}")
+        if not temperature > 0:
+            raise ValueError(f"crd temperature must be positive, got {temperature}")
         if memory not in ("bank", "queue"):
             raise ValueError(f"crd memory must be 'bank' or 'queue', got {memory!r}")
         if memory == "bank" and not num_samples:

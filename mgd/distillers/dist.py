@@ -14,7 +14,17 @@ __all__ = ["DISTDistiller"]
 @register_distiller("dist")
 class DISTDistiller(LogitDistiller):
     """DIST: CE + ``weight`` (2) * :func:`~mgd.losses.dist_loss` (beta = gamma = tau = 1): the authors'
-    ImageNet recipe; no warm-up. ``nd_weight`` > 0: DIST++."""
+    ImageNet recipe; no warm-up. ``nd_weight`` > 0: DIST++.
+
+    Args:
+        beta: weight of the inter-class relation (1).
+        gamma: weight of the intra-class relation (1).
+        tau: the softmax temperature (1, the ImageNet setting).
+        weight: weight of the DIST term beside the cross-entropy (2).
+        warmup_epochs: epochs over which the term ramps in linearly (0: none, the authors' ImageNet recipe).
+    """
+
+    cli_options = LogitDistiller.cli_options + ("beta", "gamma", "tau", "weight")
 
     def __init__(self, t_net: nn.Module, s_net: nn.Module, beta: float = 1.0, gamma: float = 1.0, tau: float = 1.0,
                  weight: float = 2.0, warmup_epochs: float = 0, **kwargs) -> None:

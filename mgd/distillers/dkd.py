@@ -15,7 +15,15 @@ __all__ = ["DKDDistiller"]
 class DKDDistiller(LogitDistiller):
     """Decoupled KD: CE + min(epoch / warmup, 1) * :func:`~mgd.losses.dkd_loss` (alpha 1, beta 8, T 4 and
     a 20-epoch warm-up: the authors' CIFAR-100 configs; ImageNet: warm-up 1, beta 0.5 and T 1 for ResNet-34
-    -> ResNet-18, beta 2 for ResNet-50 -> MobileNet-V1). ``nd_weight`` > 0: DKD++."""
+    -> ResNet-18, beta 2 for ResNet-50 -> MobileNet-V1). ``nd_weight`` > 0: DKD++.
+
+    Args:
+        alpha: TCKD weight (1).
+        beta: NCKD weight (8; ImageNet ResNet-34 -> ResNet-18: 0.5, ResNet-50 -> MobileNet-V1: 2).
+        temperature: the softmax temperature (4; ImageNet 1).
+    """
+
+    cli_options = LogitDistiller.cli_options + ("alpha", "beta", "temperature")
 
     def __init__(self, t_net: nn.Module, s_net: nn.Module, alpha: float = 1.0, beta: float = 8.0,
                  temperature: float = 4.0, **kwargs) -> None:

@@ -18,7 +18,16 @@ class KDDistiller(LogitDistiller):
 
     With ``nd_weight`` > 0, KD++ as its authors train it: CE (weight 1) + ``kd_weight`` (1) * T^2 KL, ramped
     in over ``warmup_epochs`` (20 on CIFAR-style runs, 5 on ImageNet, where T is 1) + the ND term; ``alpha``
-    is then unused."""
+    is then unused.
+
+    Args:
+        alpha: weight of the KD term; the cross-entropy keeps 1 - alpha (0.9).
+        temperature: the softmax temperature T (4).
+        kd_weight: with ``nd_weight`` > 0 (KD++'s recipe), the weight of the KD term beside a cross-entropy of
+            weight 1 (1).
+    """
+
+    cli_options = LogitDistiller.cli_options + ("alpha", "temperature", "kd_weight")
 
     dense_outputs = True  # pixel-wise on a segmenter's (N, C, H, W) logits (without the ND term)
     one_based_warmup = False  # KD++'s code: min(epoch / warmup, 1) with 0-based epochs

@@ -51,9 +51,17 @@ def linear_warmup(epoch: Optional[int], warmup_epochs: float, one_based: bool = 
 class LogitDistiller(NDTerm, Distiller):
     """Base of the methods that compare logits: no stage features, only (with ``nd_weight`` > 0) both
     networks' penultimate embeddings, captured at the input of their final linear layers (or the layers
-    named by ``teacher_embedding`` / ``student_embedding``)."""
+    named by ``teacher_embedding`` / ``student_embedding``).
+
+    Args:
+        warmup_epochs: epochs over which the method's term ramps in linearly (KD++'s and DKD's CIFAR
+            setting 20; their ImageNet settings: KD++ 5, DKD 1); 0: no ramp.
+        nd_weight: > 0 adds KD++'s ND loss on the penultimate embeddings with this weight (the "++" of the
+            method, trained with the KD++ recipe); 0: the method alone.
+    """
 
     needs_features = False
+    cli_options = ("warmup_epochs", "nd_weight")
     #: Whether the method's term ramps in over ``warmup_epochs`` (and from which epoch count).
     one_based_warmup = True
 

@@ -20,27 +20,31 @@ Two ways to call it, the same computation:
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Literal, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
 from .. import distributed as mdist
-from ..calibration import DEFAULT_CALIBRATION_IMAGES, DEFAULT_LOSS_RATIO, TaskLoss
+from ..calibration import DEFAULT_CALIBRATION_IMAGES, DEFAULT_LOSS_RATIO, Measure, TaskLoss
 from ..features import StageSpec
 from ..losses import kd_loss
 from ..losses.ofd import margin_target, partial_l2
 from ..matching.cost import CostTracker
-from ..matching.reducers import get_reducer
+from ..matching.reducers import REDUCERS, get_reducer
 from ..matching.solvers import SOLVERS
 from ..matching.update import LEGACY_MAX_IMAGES
 from ..registry import register_distiller
-from .base import float32_region
-from .partial_l2 import PartialL2Distiller, halving_stage_weights
+from .base import Track, float32_region
+from .partial_l2 import LossFactor, PartialL2Distiller, halving_stage_weights
 
 __all__ = ["MGDistiller", "SMDistiller", "DETECTION_LOSS_FACTORS", "stage_loss"]
 
 logger = logging.getLogger("mgd")
+
+#: The channel reducers (:mod:`mgd.matching.reducers`) and assignment solvers, as option types (the flags' choices).
+ReducerName = Literal[tuple(REDUCERS)]
+SolverName = Literal[SOLVERS]
 
 #: The original RetinaNet per-level divisors for [C2, C3, C4, C5, P3, P4, P5, P6, P7] (0 = not distilled).
 DETECTION_LOSS_FACTORS = [f * 5e7 for f in (1, 1, 1e-1, 1e-1, 1, 1, 1e-2, 0, 0)]
@@ -137,6 +141,8 @@ class MGDistiller(PartialL2Distiller):
             ResNet-50 -> MobileNetV2 differed under autocast), so the matching does not depend on ``--amp``.
     """
 
+    cli_options = PartialL2Distiller.cli_options + ("reducer", "update_freq", "update_epochs", "update_images",
+                                                    "with_kd", "solver")
     wider_teacher = True  # matching assigns several teacher channels to each student channel
     prepare_name = "matching"
     identity_options = ("reducer",)  # mgd.amp and mgd.rd are different runs (and checkpoints)
@@ -147,7 +153,7 @@ class MGDistiller(PartialL2Distiller):
     factor_terms = ("distill",)
 
     def __init__(self, t_net: nn.Module, s_net: nn.Module, ignore_inds: Optional[Sequence[int]] = None,
-                 reducer: str = "amp", sync_bn: bool = False, with_kd: bool = False, preReLU: bool = True,
+                 reducer: ReducerName = "amp", sync_bn: bool = False, with_kd: bool = False, preReLU: bool = True,
                  distributed: bool = False, det: bool = False, *,
                  teacher_layers: Optional[Sequence[Union[str, StageSpec]]] = None,
                  student_layers: Optional[Sequence[Union[str, StageSpec]]] = None,
@@ -155,13 +161,13 @@ class MGDistiller(PartialL2Distiller):
                  teacher_channels: Optional[Sequence[int]] = None,
                  student_channels: Optional[Sequence[int]] = None,
                  example_input: Optional[torch.Tensor] = None,
-                 solver: str = "ortools",
+                 solver: SolverName = "ortools",
                  stage_weights: Optional[Sequence[float]] = None,
                  student_norm: Optional[Callable[[int], nn.Module]] = None,
                  kd_temperature: float = 1.5,
                  teacher_train_mode: bool = False,
                  own_networks: bool = True,
-                 loss_factor: Union[float, str] = 1e4,
+                 loss_factor: LossFactor = 1e4,
                  loss_ratio: float = DEFAULT_LOSS_RATIO,
                  calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
                  calibration_task_loss: Optional[TaskLoss] = None,
@@ -342,14 +348,17 @@ class MGDistiller(PartialL2Distiller):
             return epoch in self.update_epochs
         return epoch % self.update_freq == 0
 
-    def prepare(self, loader: Iterable, epoch: Optional[int] = None) -> None:
-        """Solve a new matching from at most ``update_images`` images of ``loader`` (:func:`mgd_update`)."""
+    def prepare(self, loader: Iterable, epoch: Optional[int] = None, *, track: Optional[Track] = None,
+                measure: Optional[Measure] = None) -> None:
+        """Solve a new matching from at most ``update_images`` images of ``loader`` (:func:`mgd_update`, with
+        the application's ``track`` step where batches are not images), then, the first time with
+        ``loss_factor="auto"``, measure the loss factor (with ``measure``, see :meth:`calibrate`)."""
         from ..matching.update import mgd_update as _update
-        _update(loader, self, max_images=self.update_images)
+        _update(loader, self, max_images=self.update_images, track=track)
         if epoch is not None:
             self.prepared_epoch.fill_(int(epoch))
         if self.needs_calibration:  # after the first matching: the distillation term needs one
-            self.calibrate(loader)
+            self.calibrate(loader, measure)
 
     def prepared_state(self) -> List[torch.Tensor]:
         return self.guided_inds + super().prepared_state()
@@ -494,10 +503,11 @@ class MGDistiller(PartialL2Distiller):
 class SMDistiller(MGDistiller):
     """MGD with sparse matching: each student channel learns from one matched teacher channel."""
 
-    flag_prefixes = ("mgd",)  # sparse matching reads MGD's flags
+    flag_prefix = "mgd"  # sparse matching reads MGD's flags, but for the reducer (always sm)
+    cli_options = tuple(o for o in MGDistiller.cli_options if o != "reducer")
 
     def __init__(self, t_net: nn.Module, s_net: nn.Module, ignore_inds: Optional[Sequence[int]] = None,
-                 reducer: str = "sm", sync_bn: bool = False, with_kd: bool = False, preReLU: bool = True,
+                 reducer: ReducerName = "sm", sync_bn: bool = False, with_kd: bool = False, preReLU: bool = True,
                  distributed: bool = False, det: bool = False, **kwargs) -> None:
         if reducer != "sm":
             raise ValueError(f"SMDistiller uses the 'sm' reducer, got {reducer!r}; use MGDistiller for others")

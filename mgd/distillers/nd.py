@@ -17,7 +17,7 @@ class NDDistiller(KDDistiller):
 
     dense_outputs = False  # the ND term needs a classifier's embedding
     needs_features = True  # always captures both networks' embeddings (LogitDistiller's instances with nd_weight > 0)
-    flag_prefixes = ("nd", "kd")  # KD++ also reads the KD flags
+    flag_prefix = "kd"  # KD++ is KD with the ND term: it reads the KD flags (and --nd-weight)
 
     def __init__(self, t_net: nn.Module, s_net: nn.Module, nd_weight: float = 1.0, **kwargs) -> None:
         if not nd_weight > 0:

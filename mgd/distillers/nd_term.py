@@ -58,10 +58,10 @@ class NDTerm:
     def prepare_due(self, epoch: int) -> bool:
         return (self.nd_weight > 0 and not self._nd_ready) or super().prepare_due(epoch)
 
-    def prepare(self, loader: Iterable, epoch: Optional[int] = None) -> None:
+    def prepare(self, loader: Iterable, epoch: Optional[int] = None, **application) -> None:
         if self.nd_weight > 0 and not self._nd_ready:
             self.compute_class_means(loader)
-        super().prepare(loader, epoch)
+        super().prepare(loader, epoch, **application)
 
     def prepared_state(self) -> List[torch.Tensor]:
         return ([self.class_means] if self.nd_weight > 0 else []) + super().prepared_state()

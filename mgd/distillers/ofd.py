@@ -2,14 +2,12 @@
 per stage, the partial L2 (Eq. 6) to the teacher's pre-ReLU features above the margins (Eq. 3-4)."""
 from __future__ import annotations
 
-from typing import Union
-
 import torch
 from torch import nn
 
 from ..losses.ofd import margin_target, partial_l2
 from ..registry import register_distiller
-from .partial_l2 import PartialL2Distiller
+from .partial_l2 import LossFactor, PartialL2Distiller
 
 __all__ = ["OFDistiller"]
 
@@ -20,11 +18,16 @@ class OFDistiller(PartialL2Distiller):
 
     The summed loss is divided by the batch size and ``loss_factor`` (OFD's code: 1e4 on ImageNet, 1e3 on
     CIFAR). ``teacher_train_mode=True`` keeps the teacher's BN in train mode, as the paper's code does.
+
+    Args:
+        teacher_train_mode: 1 keeps the teacher's BatchNorm in train mode, as OFD's code did (0: eval mode).
     """
+
+    cli_options = PartialL2Distiller.cli_options + ("teacher_train_mode",)
 
     factor_terms = ("ofd",)
 
-    def __init__(self, t_net: nn.Module, s_net: nn.Module, loss_factor: Union[float, str] = 1e4, **kwargs) -> None:
+    def __init__(self, t_net: nn.Module, s_net: nn.Module, loss_factor: LossFactor = 1e4, **kwargs) -> None:
         super().__init__(t_net, s_net, loss_factor=loss_factor, **kwargs)
         self.connectors = nn.ModuleList([  # none (an Identity) for an ignored stage: no unused parameters
             nn.Sequential(nn.Conv2d(s, t, 1, bias=False), nn.BatchNorm2d(t)) if i in self.stages else nn.Identity()

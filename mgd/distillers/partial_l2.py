@@ -13,17 +13,20 @@ from __future__ import annotations
 
 import math
 import weakref
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Literal, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
-from ..calibration import DEFAULT_CALIBRATION_IMAGES, DEFAULT_LOSS_RATIO, TaskLoss, calibrate_loss_factor
+from ..calibration import DEFAULT_CALIBRATION_IMAGES, DEFAULT_LOSS_RATIO, Measure, TaskLoss, calibrate_loss_factor
 from ..features import unwrap
 from ..losses.ofd import NO_MARGIN, margin_from_bn
-from .base import Distiller
+from .base import Distiller, Track
 
-__all__ = ["PartialL2Distiller", "halving_stage_weights"]
+__all__ = ["PartialL2Distiller", "LossFactor", "halving_stage_weights"]
+
+#: A loss factor: a number, or "auto" (measured by ``prepare``, :func:`mgd.calibrate_loss_factor`).
+LossFactor = Union[float, Literal["auto"]]
 
 
 def halving_stage_weights(num_stages: int) -> List[float]:
@@ -52,6 +55,7 @@ class PartialL2Distiller(Distiller):
             measured by :meth:`prepare` so that the distillation term starts at ``loss_ratio`` times the
             cross-entropy, on ``calibration_images`` images (:func:`mgd.calibrate_loss_factor`), then kept
             in the state dict (a resumed run does not measure it again).
+        loss_ratio: with ``loss_factor`` "auto", the distillation term's start as a multiple of the task loss.
         calibration_task_loss: ``fn(student output, target)``, the task loss of that measurement where it is
             not the cross-entropy (e.g. a segmentation's per-pixel loss, MoCo's InfoNCE).
         stage_weights: per-stage weights (default :func:`halving_stage_weights`).
@@ -59,13 +63,14 @@ class PartialL2Distiller(Distiller):
             named modules (see :meth:`~mgd.distillers.base.Distiller._stage_channels`).
     """
 
+    cli_options = ("loss_factor", "loss_ratio")
     dense_outputs = True  # the partial L2 works on any (N, C, H, W) stage feature
     #: The loss terms divided by the loss factor (what :func:`mgd.calibrate_loss_factor` measures).
     factor_terms: Tuple[str, ...] = ()
     prepare_name = "loss_factor"
 
     def __init__(self, t_net: nn.Module, s_net: nn.Module, *, ignore_inds: Optional[Sequence[int]] = None,
-                 loss_factor: Union[float, str] = 1e4, loss_ratio: float = DEFAULT_LOSS_RATIO,
+                 loss_factor: LossFactor = 1e4, loss_ratio: float = DEFAULT_LOSS_RATIO,
                  calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
                  calibration_task_loss: Optional[TaskLoss] = None,
                  stage_weights: Optional[Sequence[float]] = None,
@@ -143,20 +148,21 @@ class PartialL2Distiller(Distiller):
         if self.auto_loss_factor:
             self.calibrated_loss_factor.fill_(self.loss_factor)
 
-    def calibrate(self, loader: Iterable) -> None:
+    def calibrate(self, loader: Iterable, measure: Optional[Measure] = None) -> None:
         """Measure and set the loss factor (:func:`mgd.calibrate_loss_factor` with ``calibration_task_loss``,
-        cross-entropy by default, ``loss_ratio`` and ``calibration_images``); ``loader`` must be iterable again
-        (a DataLoader)."""
+        cross-entropy by default, or the application's ``measure``; ``loss_ratio`` and ``calibration_images``);
+        ``loader`` must be iterable again (a DataLoader)."""
         task = {} if self.calibration_task_loss is None else {"task_loss": self.calibration_task_loss}
         self.set_loss_factor(calibrate_loss_factor(self, loader, ratio=self.loss_ratio,
-                                                   max_images=self.calibration_images, **task))
+                                                   max_images=self.calibration_images, measure=measure, **task))
 
     def prepare_due(self, epoch: int) -> bool:
         return self.needs_calibration
 
-    def prepare(self, loader: Iterable, epoch: Optional[int] = None) -> None:
+    def prepare(self, loader: Iterable, epoch: Optional[int] = None, *, track: Optional[Track] = None,
+                measure: Optional[Measure] = None) -> None:
         if self.needs_calibration:
-            self.calibrate(loader)
+            self.calibrate(loader, measure)
 
     def prepared_state(self) -> List[torch.Tensor]:
         return [self.calibrated_loss_factor] if self.auto_loss_factor else []

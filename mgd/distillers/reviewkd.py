@@ -78,8 +78,17 @@ def review_positions(t_net: nn.Module, s_net: nn.Module, teacher_layers: Layers,
 class ReviewKDDistiller(NDTerm, Distiller):
     """ReviewKD (and ReviewKD++ with ``nd_weight`` > 0). ``mid_channels``: the ABFs' middle width (default
     mdistiller's min(512, the student's widest position)); ``example_input``: a batch to read the positions'
-    widths from when the layers do not say (default a 2x3x64x64 zero batch)."""
+    widths from when the layers do not say (default a 2x3x64x64 zero batch).
 
+    Args:
+        weight: weight of the HCL term (5, CIFAR; ImageNet ResNet-34 -> ResNet-18: 1, ResNet-50 -> MobileNet-V1: 8).
+        warmup_epochs: epochs over which the term ramps in linearly (20, CIFAR; ImageNet 1).
+        mid_channels: the ABFs' middle width (None: min(512, the student's widest position); 256 for ResNet-50
+            -> MobileNet-V1).
+        nd_weight: > 0 adds KD++'s ND loss on the penultimate embeddings with this weight (ReviewKD++).
+    """
+
+    cli_options = ("weight", "warmup_epochs", "mid_channels", "nd_weight")
     needs_full_batches = True  # the deepest ABF's BatchNorm sees 1x1 maps: a batch of one cannot train it
 
     def __init__(self, t_net: nn.Module, s_net: nn.Module, weight: float = 5.0, warmup_epochs: float = 20,

@@ -13,7 +13,13 @@ __all__ = ["SPDistiller"]
 
 @register_distiller("sp")
 class SPDistiller(Distiller):
-    """Similarity-preserving KD on the last stage's post-ReLU output: gamma * sp_loss (gamma = 3000)."""
+    """Similarity-preserving KD on the last stage's post-ReLU output: gamma * sp_loss (gamma = 3000).
+
+    Args:
+        gamma: weight of the similarity-preserving loss (3000).
+    """
+
+    cli_options = ("gamma",)
 
     dense_outputs = True
 

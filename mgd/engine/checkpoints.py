@@ -14,7 +14,11 @@ from .errors import UserError
 logger = logging.getLogger("mgd.engine")
 
 __all__ = ["save_checkpoints", "load_checkpoint", "read_weights", "plain_args", "restore_training_state",
-           "check_resume_matches", "check_epochs_left", "resume_from", "load_backbone_weights"]
+           "check_resume_matches", "check_epochs_left", "resume_from", "load_backbone_weights", "load_weights",
+           "CHECKPOINT_SET"]
+
+#: What cls/ and seg/ write in an --output-dir: the checkpoint to continue from, the best one, the plain weights.
+CHECKPOINT_SET = ("last.pth", "best.pth", "student.pth")
 
 
 def save_checkpoints(state: Dict[str, Any], output_dir: str, names: Iterable[str]) -> None:
@@ -53,6 +57,16 @@ def read_weights(path: str, what: str, keys: Sequence[str] = ("state_dict", "stu
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise UserError(f"{what}: {path} holds no state dict")
     return strip_prefix(obj)
+
+
+def load_weights(model: nn.Module, state: Dict[str, torch.Tensor], what: str, path: str) -> None:
+    """``model.load_state_dict(state)``, strict; UserError naming ``what``, the file and the first lines of
+    PyTorch's message when it does not fit (missing or unexpected keys, other shapes)."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        first = " ".join(str(exc).strip().splitlines()[:2])[:300]
+        raise UserError(f"{what}: {path} does not fit {type(model).__name__} ({first})") from exc
 
 
 def load_backbone_weights(model: nn.Module, state: Dict[str, torch.Tensor], what: str, path: str,
@@ -134,7 +148,7 @@ def restore_training_state(ckpt: Dict[str, Any], path: str, optimizer: torch.opt
         try:
             distiller.load_own_state_dict(ckpt.get(distiller_key, {}))  # none before the 'none' method: {}
         except (RuntimeError, KeyError) as exc:
-            first = str(exc).splitlines()[0][:300]
+            first = " ".join(line.strip() for line in str(exc).strip().splitlines()[:2])[:300]  # not only "...for X:"
             raise UserError(f"--resume: the distiller state in {path} does not fit this run (written with other "
                             f"options, another teacher or another mgd version): {first}") from exc
     try:
@@ -156,11 +170,7 @@ def resume_from(ckpt: Dict[str, Any], path: str, model: torch.nn.Module, model_k
     check_resume_matches(ckpt, path, **same)
     if epochs is not None:
         check_epochs_left(int(ckpt["epoch"]), epochs, path)
-    try:
-        model.load_state_dict(ckpt[model_key])
-    except RuntimeError as exc:
-        raise UserError(f"--resume: the {model_key} in {path} does not fit this run: "
-                        f"{str(exc).splitlines()[0][:200]}") from exc
+    load_weights(model, ckpt[model_key], "--resume", path)
     restore_training_state(ckpt, path, optimizer, precision, scheduler, distiller)
     logger.info("resumed from %s at epoch %d", path, int(ckpt["epoch"]))
     return int(ckpt["epoch"])

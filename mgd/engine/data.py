@@ -154,15 +154,25 @@ def epoch_order(size: int, epoch: int, seed: int, rank: int, world_size: int, sa
     return order[rank * per_rank:(rank + 1) * per_rank]
 
 
+_said_dropped: List[bool] = []
+
+
 def epoch_loader(dataset: Dataset, batch_size: int, workers: int, epoch: int, seed: int, rank: int,
                  world_size: int, pin_memory: bool = False, drop_last: bool = False, salt: int = 0) -> DataLoader:
     """The epoch's training loader (rebuilt every epoch): this process's part of the epoch's permutation.
 
     ``drop_last=False`` keeps the last, smaller batch (as the original scripts and torchvision's references
-    do); methods that need equal batches (MoCo's queue) pass True. Augmentations are seeded per sample
-    (:class:`SeededSamples`).
+    do), except a last batch of a single sample, which a BatchNorm in training mode cannot normalise where the
+    network's maps are 1x1 (it is dropped, and the log says so once); methods that need equal batches
+    (MoCo's queue) pass True. Augmentations are seeded per sample (:class:`SeededSamples`).
     """
     mine = epoch_order(len(dataset), epoch, seed, rank, world_size, salt)
+    if not drop_last and batch_size > 1 and len(mine) % batch_size == 1:
+        drop_last = True
+        if not _said_dropped:
+            _said_dropped.append(True)
+            logger.info("the last batch of each epoch would hold 1 image (%d per process, batches of %d): it is "
+                        "dropped, since a BatchNorm cannot train on one value per channel", len(mine), batch_size)
     return _loader(Subset(SeededSamples(dataset, seed + salt, epoch), mine), batch_size, workers, pin_memory,
                    drop_last=drop_last)
 

@@ -5,10 +5,31 @@ from __future__ import annotations
 import re
 import signal
 
-__all__ = ["UserError", "user_message", "ignore_sigint", "EXIT_USER", "EXIT_FAILED", "EXIT_INTERRUPTED"]
+__all__ = ["UserError", "user_message", "ignore_sigint", "sigterm_stops_like_ctrl_c", "interruption",
+           "EXIT_USER", "EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_TERMINATED"]
 
-#: Exit codes of the command line: a user error, a failed job, Ctrl-C (128 + SIGINT, as a shell reports it).
-EXIT_USER, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
+#: Exit codes of the command line: a user error, a failed job, Ctrl-C and SIGTERM (128 + the signal's number,
+#: as a shell reports them).
+EXIT_USER, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_TERMINATED = 2, 1, 130, 143
+_terminated: list = []
+
+
+def sigterm_stops_like_ctrl_c() -> None:
+    """SIGTERM (a scheduler's, ``kill``'s) stops the job the way Ctrl-C does (the checkpoint being written
+    finishes, the workers stop, one line is printed) instead of ending the process without a word; the line
+    and the exit code then say SIGTERM (:func:`interruption`)."""
+    def terminate(signum, frame):
+        _terminated.append(signum)
+        signal.raise_signal(signal.SIGINT)
+    try:
+        signal.signal(signal.SIGTERM, terminate)
+    except ValueError:  # not the main thread
+        pass
+
+
+def interruption() -> tuple:
+    """(exit code, last line) of a job stopped by Ctrl-C or by SIGTERM."""
+    return (EXIT_TERMINATED, "terminated (SIGTERM)") if _terminated else (EXIT_INTERRUPTED, "interrupted")
 
 
 class UserError(Exception):

@@ -24,7 +24,8 @@ import torch
 import torch.distributed as dist
 
 from .. import distributed as mdist
-from .errors import EXIT_INTERRUPTED, EXIT_USER, UserError, ignore_sigint, user_message
+from .errors import EXIT_USER, UserError, ignore_sigint, interruption, sigterm_stops_like_ctrl_c, user_message
+from .rundir import release_output_dir
 from .spawn import WORKER, end_worker, run_spawned
 
 __all__ = ["UserError", "run_cli", "launch", "free_port", "worker_guard", "setup_process", "setup_logging", "seed_everything",
@@ -34,6 +35,7 @@ __all__ = ["UserError", "run_cli", "launch", "free_port", "worker_guard", "setup
 def run_cli(main: Callable[[Optional[Sequence[str]]], Any], argv: Optional[Sequence[str]] = None) -> None:
     """Run a script's ``main``: a UserError becomes "error: ..." and exit code 2, Ctrl-C "interrupted" and
     exit code 130; programming errors keep their traceback."""
+    sigterm_stops_like_ctrl_c()
     try:
         main(argv)
     except UserError as exc:
@@ -41,8 +43,9 @@ def run_cli(main: Callable[[Optional[Sequence[str]]], Any], argv: Optional[Seque
         sys.exit(EXIT_USER)
     except KeyboardInterrupt:
         ignore_sigint()  # a second Ctrl-C must not interrupt the report with a traceback
-        print("interrupted", file=sys.stderr)
-        sys.exit(EXIT_INTERRUPTED)
+        code, line = interruption()
+        print(line, file=sys.stderr)
+        sys.exit(code)
 
 
 def free_port() -> int:
@@ -54,10 +57,39 @@ def free_port() -> int:
 
 # ------------------------------------------------------------------------------------------------------ launch
 
+def check_launch(args: argparse.Namespace, torchrun: bool) -> None:
+    """The launch flags, checked before any process starts: each mistake one UserError, not a traceback from
+    the rendezvous."""
+    url = args.dist_url
+    if url != "auto" and not url.startswith(("tcp://", "env://", "file://")):
+        raise UserError(f"--dist-url {url!r}: use tcp://HOST:PORT, env:// (torchrun's variables) or file://PATH")
+    if args.dist_backend == "nccl" and not torch.cuda.is_available():
+        raise UserError("--dist-backend nccl needs CUDA GPUs and none is available here: use gloo (the default "
+                        "without CUDA)")
+    if args.gpu is not None and (not torch.cuda.is_available() or args.gpu >= torch.cuda.device_count()):
+        raise UserError(f"--gpu {args.gpu}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    if args.world_size == 0 or args.world_size < -1:
+        raise UserError(f"--world-size {args.world_size}: the number of nodes (or processes) is 1 or more")
+    if (not args.multiprocessing_distributed and not torchrun and args.world_size > 1 and url in ("auto", "env://")
+            and "MASTER_ADDR" not in os.environ):
+        raise UserError(f"--world-size {args.world_size} without --multiprocessing-distributed starts one process "
+                        "of a larger job: run it under torchrun, give each process --rank and --dist-url "
+                        "tcp://HOST:PORT, or use --multiprocessing-distributed --nproc-per-node N on one machine")
+
+
 def launch(worker: Callable[[int, argparse.Namespace], None], args: argparse.Namespace) -> None:
     """Run ``worker(local_rank, args)``: spawned processes with --multiprocessing-distributed, one
-    process under torchrun (env://), or a plain single process."""
+    process under torchrun (env://), or a plain single process. The --output-dir lock this process holds
+    (:func:`mgd.engine.rundir.lock_output_dir`) is released when the job ends."""
     torchrun = "RANK" in os.environ and "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
+    try:
+        check_launch(args, torchrun)
+        _launch(worker, args, torchrun)
+    finally:
+        release_output_dir()
+
+
+def _launch(worker: Callable[[int, argparse.Namespace], None], args: argparse.Namespace, torchrun: bool) -> None:
     if args.multiprocessing_distributed:
         nprocs = args.nproc_per_node or max(torch.cuda.device_count(), 1)
         nodes = max(args.world_size, 1)

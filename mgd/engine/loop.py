@@ -18,16 +18,28 @@ from typing import Any, Dict, Iterable, Optional, Sequence
 import torch
 from torch import nn
 
+from .. import distributed as mdist
 from ..checkpoint import deferred_signals
 from ..distillers.base import Distiller
 from .data import epoch_loader
 from .launch import seed_everything
 from .logs import RunLog
 from .precision import Precision
-from .rundir import last_good_checkpoint, refuse_non_finite
+from .rundir import last_good_checkpoint, no_space_error, out_of_space, refuse_non_finite
 from .train import StepFn, prepare_if_due, train_one_epoch
 
-__all__ = ["EpochTask", "fit"]
+__all__ = ["EpochTask", "fit", "share_rank0_buffers"]
+
+
+def share_rank0_buffers(trainable: nn.Module) -> None:
+    """Every buffer of what DDP trains (BatchNorm statistics of the student and of the distiller's own layers)
+    as rank 0's on every rank, after each epoch's steps. DDP broadcasts them at the start of each forward, but
+    the last step leaves each rank its own update; rank 0's are what the checkpoint holds, so without this the
+    next epoch's evaluation and prepare step (MGD's matching, a tracking pass in eval mode) would read other
+    statistics on the other ranks than a run resumed from that checkpoint does."""
+    module = trainable.module if isinstance(trainable, nn.parallel.DistributedDataParallel) else trainable
+    for buffer in module.buffers():
+        mdist.broadcast(buffer, 0)
 
 
 class EpochTask:
@@ -95,6 +107,7 @@ def fit(*, args: argparse.Namespace, device: torch.device, precision: Precision,
         lr = task.before_epoch(epoch, loader, optimizer)
         stats = train_one_epoch(step, loader, optimizer, precision, epoch, device, args.rank == 0, args.print_freq,
                                 last_good_checkpoint(args.output_dir, task.last_names, args.resume))
+        share_rank0_buffers(trainable)
         task.after_epoch(epoch)
         val = task.evaluate(epoch)
         record: Dict[str, Any] = {"epoch": epoch, "lr": lr, **task.train_record(stats), **val, **before}
@@ -105,10 +118,15 @@ def fit(*, args: argparse.Namespace, device: torch.device, precision: Precision,
         record["seconds"] = round(time.time() - begin, 1)
         refuse_non_finite(task.weights(), epoch, args.output_dir, task.last_names, args.resume,  # every rank
                           **({"val_loss": val["val_loss"]} if "val_loss" in val else {}))
-        if args.rank == 0:
-            with deferred_signals():  # a Ctrl-C waits for the set of files, not only for the file being written
-                task.save(epoch, record, is_best, best)
+        with deferred_signals():  # a Ctrl-C or SIGTERM waits for the set of files and the epoch's log record
+            try:
+                if args.rank == 0:
+                    task.save(epoch, record, is_best, best)
+                log.write(record)
+            except (OSError, RuntimeError) as exc:
+                if not out_of_space(exc):
+                    raise
+                raise no_space_error(args.output_dir, epoch, task.weights()) from None
         logging.getLogger(task.log_name).info("epoch %d/%d  %s", epoch, args.epochs - 1, task.summary(epoch, record))
-        log.write(record)
     log.close()
     return best

@@ -27,7 +27,7 @@ from typing import Any, Callable, Dict, Iterator, List, NoReturn, Optional, Sequ
 
 import torch.distributed as dist
 
-from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USER, UserError, ignore_sigint, user_message
+from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USER, UserError, ignore_sigint, interruption, user_message
 
 __all__ = ["run_spawned", "end_worker", "WORKER", "STOP_GRACE_S", "SETTLE_S"]
 
@@ -355,7 +355,7 @@ def _cause(e: _Ended) -> Optional[int]:
 def _verdict(ended: Sequence[_Ended], interrupted: bool, dist_timeout: float) -> Optional[Tuple[int, str]]:
     """The job's exit code and its last words on stderr, or None when every process succeeded."""
     if interrupted:
-        return EXIT_INTERRUPTED, "interrupted"
+        return interruption()
     causes = [(c, e.order, e) for e in ended for c in [_cause(e)] if c is not None]
     if not causes:
         return None
@@ -368,7 +368,7 @@ def _verdict(ended: Sequence[_Ended], interrupted: bool, dist_timeout: float) ->
     if kind == "user":
         return EXIT_USER, f"error: {root.report['message']}"
     if kind == "interrupted":
-        return EXIT_INTERRUPTED, "interrupted"
+        return interruption()
     if kind == "timeout":
         stuck = sorted(e.rank for e in ended if e.stopped)
         waited_for = (f"rank{'s' if len(stuck) > 1 else ''} {', '.join(map(str, stuck))}" if stuck

@@ -8,6 +8,7 @@ import contextlib
 import logging
 import math
 import os
+import sys
 import time
 from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 
@@ -39,20 +40,43 @@ def train_one_epoch(step: StepFn, loader: Iterable, optimizer: torch.optim.Optim
     meter = Meter()
     bar = tqdm(loader, desc=f"epoch {epoch}", disable=not show_progress, leave=False, dynamic_ncols=True,
                mininterval=1.0, miniters=print_freq)
-    for batch in bar:
+    try:
+        for batch in bar:
+            _train_step(step, batch, bar, meter, optimizer, precision, epoch, device, last_good)
+    except BaseException:
+        bar.close()
+        if show_progress and not sys.stderr.isatty():
+            sys.stderr.write("\n")  # the bar's carriage returns: the error line that follows starts a line
+        raise
+    bar.close()
+    return meter.averages(device)
+
+
+#: PyTorch's message for a BatchNorm in training mode that sees one value per channel.
+_ONE_VALUE_PER_CHANNEL = "Expected more than 1 value per channel when training"
+
+
+def _train_step(step: StepFn, batch: Any, bar: Any, meter: Meter, optimizer: torch.optim.Optimizer,
+                precision: Precision, epoch: int, device: torch.device, last_good: str) -> None:
+    try:
         with precision.autocast():
             loss, parts, count = step(batch)
-        value = loss.item()
-        if mdist.any_rank(not math.isfinite(value), device):  # every rank stops, not only the one that diverged
-            terms = ", ".join(f"{k} {v:.4g}" for k, v in parts.items())
-            where = (f"the loss is {value} ({terms})" if not math.isfinite(value)
-                     else "another process's loss is not finite")
-            raise Diverged(f"training diverged in epoch {epoch}: {where}; lower --lr, or raise --loss-factor if the "
-                           "distillation term is the one that diverged" + (f"; {last_good}" if last_good else ""))
-        precision.backward_step(loss, optimizer)
-        meter.update(count, loss=value, **parts)
-        bar.set_postfix(loss=f"{value:.3f}", refresh=False)
-    return meter.averages(device)
+    except ValueError as exc:
+        if _ONE_VALUE_PER_CHANNEL not in str(exc):
+            raise
+        raise UserError("a BatchNorm layer sees one value per channel in training (a batch of one image per "
+                        "process reaching a 1x1 feature map): raise -b (the batch size over all processes) to "
+                        "at least 2 per process") from exc
+    value = loss.item()
+    if mdist.any_rank(not math.isfinite(value), device):  # every rank stops, not only the one that diverged
+        terms = ", ".join(f"{k} {v:.4g}" for k, v in parts.items())
+        where = (f"the loss is {value} ({terms})" if not math.isfinite(value)
+                 else "another process's loss is not finite")
+        raise Diverged(f"training diverged in epoch {epoch}: {where}; lower --lr, or raise --loss-factor if the "
+                       "distillation term is the one that diverged" + (f"; {last_good}" if last_good else ""))
+    precision.backward_step(loss, optimizer)
+    meter.update(count, loss=value, **parts)
+    bar.set_postfix(loss=f"{value:.3f}", refresh=False)
 
 
 def mean_terms(losses: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:

@@ -30,6 +30,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import torch
 
+from ..checkpoint import safe_load
 from ..matching.report import assignment_order
 
 __all__ = ["LOG_FILE", "MATCHING_FILE", "read_matching_records", "load_matching_artifacts", "cost_curves_figure",
@@ -75,13 +76,22 @@ def read_matching_records(run_dir: str) -> List[Dict[str, Any]]:
 
 
 def load_matching_artifacts(run_dir: str) -> Dict[str, torch.Tensor]:
-    """RUN_DIR/matching_last.pth as a dict of tensors ({} without the file), loaded with weights_only=True."""
+    """RUN_DIR/matching_last.pth as a dict of tensors ({} without the file), loaded with weights_only=True;
+    NoMatchingData, naming the file, when it is no PyTorch file or holds no cost matrix (another checkpoint
+    copied to that name)."""
     path = os.path.join(run_dir, MATCHING_FILE)
     if not os.path.isfile(path):
         return {}
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = safe_load(path)
+    except RuntimeError as exc:
+        raise NoMatchingData(str(exc)) from None
     if not isinstance(state, dict):
         raise NoMatchingData(f"{path} is not a dict of tensors (got {type(state).__name__})")
+    if not _stages([k for k in state if isinstance(k, str)], "cost"):
+        shown = ", ".join(sorted(map(str, state))[:5])
+        raise NoMatchingData(f"{path} holds no cost matrix (stage<i>_cost): it is not the matching file an MGD "
+                             f"run writes (its keys: {shown}{', ...' if len(state) > 5 else ''})")
     return state
 
 

@@ -256,15 +256,16 @@ def test_reviewkd_drops_a_last_batch_of_one_that_its_deepest_fusion_cannot_train
 
 def test_a_method_of_another_installed_package_trains_through_main_mgd(image_folder, teacher_weights, tmp_path):
     """A method that mgd's files never name, from a throw-away package's mgd.distillers entry point, is one of
-    main_mgd.py's --distiller choices and trains an epoch with its term logged."""
+    main_mgd.py's --distiller choices, its option is a flag (--logit-mse-weight, here 0: a term of exactly 0 where
+    the default weight 1 gives > 0) and it trains an epoch with its term logged."""
     from plugin_method import write_package
     plugin = write_package(tmp_path / "site")
     out = tmp_path / "run"
     argv = common(image_folder, out) + ["--teacher-arch", TEACHER, "--teacher-resume", teacher_weights,
-                                        "--distiller", "logit_mse"]
+                                        "--distiller", "logit_mse", "--logit-mse-weight", "0"]
     run_script(os.path.join("cls", "main_mgd.py"), *argv, path=[plugin])
     (epoch,) = [r for r in records(out) if "epoch" in r]
-    assert epoch["train_logit_mse"] > 0 and epoch["train_ce"] > 0
+    assert epoch["train_logit_mse"] == 0.0 and epoch["train_ce"] > 0
     assert torch.load(out / "last.pth", weights_only=True)["method"] == "logit_mse"
-    help_text = run_script(os.path.join("cls", "main_mgd.py"), "--help", path=[plugin]).stdout
-    assert "logit_mse" in help_text
+    help_text = " ".join(run_script(os.path.join("cls", "main_mgd.py"), "--help", path=[plugin]).stdout.split())
+    assert "--logit-mse-weight LOGIT_MSE_WEIGHT [logit_mse: default 1] weight of the mean squared error" in help_text

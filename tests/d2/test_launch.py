@@ -83,3 +83,44 @@ def test_a_bad_dataset_on_the_command_line_is_one_line_and_exit_code_2(tmp_path)
     assert proc.stderr.strip().splitlines()[-1] == f"error: --register-coco x: annotation file not found: " \
                                                    f"{tmp_path / 'missing.json'}"
     assert "Traceback" not in proc.stderr
+
+
+def _with_previous_run(out):
+    out.mkdir()
+    (out / "model_final.pth").write_bytes(b"the previous run's weights")
+    (out / "last_checkpoint").write_text("model_final.pth")
+    (out / "log.txt").write_text("the previous run's log\n")
+
+
+def test_a_finished_run_is_not_overwritten_without_resume_or_overwrite(tmp_path):
+    """As in cls/ and seg/: a re-run into an OUTPUT_DIR that holds model_final.pth stops with one line (exit 2)
+    before any process starts, and leaves the previous run's files as they were."""
+    out = tmp_path / "run"
+    _with_previous_run(out)
+    proc = subprocess.run([sys.executable, TRAIN_NET, "--config-file", toy.CONFIG, "OUTPUT_DIR", str(out),
+                           "MODEL.DEVICE", "cpu"], env=_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: {out} holds a previous run (last_checkpoint, model_final.pth): pass --resume "
+        f"{out / 'last_checkpoint'} to continue it, --overwrite to start afresh (the previous run is moved to a "
+        "previous-<time> folder), or another OUTPUT_DIR")
+    assert (out / "model_final.pth").read_bytes() == b"the previous run's weights"
+    assert not (out / "run.lock").exists()
+
+
+def test_overwrite_moves_the_previous_run_aside_and_resume_keeps_it(tmp_path):
+    import train_net
+
+    out = tmp_path / "run"
+    _with_previous_run(out)
+    parser = train_net.argument_parser()
+    cfg = toy.make_cfg(out)
+    train_net.check_output(parser.parse_args(["--resume"]), cfg)  # continues: nothing moves
+    assert sorted(p.name for p in out.iterdir()) == ["last_checkpoint", "log.txt", "model_final.pth", "run.lock"]
+    train_net.check_output(parser.parse_args(["--overwrite"]), cfg)
+    (aside,) = [p for p in out.iterdir() if p.name.startswith("previous-")]
+    assert sorted(p.name for p in aside.iterdir()) == ["last_checkpoint", "log.txt", "model_final.pth"]
+    assert (aside / "model_final.pth").read_bytes() == b"the previous run's weights"
+    from mgd.engine.rundir import release_output_dir
+    release_output_dir()
+    assert sorted(p.name for p in out.iterdir()) == [aside.name]

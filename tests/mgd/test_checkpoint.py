@@ -226,3 +226,15 @@ def test_a_set_of_saves_finishes_before_a_ctrl_c_that_arrives_between_them(tmp_p
             atomic_save({"b": torch.ones(1)}, str(tmp_path / "best.pth"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pth", "last.pth"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_atomic_save_gives_the_file_the_modes_of_torch_save_under_the_umask(tmp_path):
+    import stat
+    old = os.umask(0o027)
+    try:
+        atomic_save({"x": torch.zeros(1)}, str(tmp_path / "a.pth"))
+        torch.save({"x": torch.zeros(1)}, tmp_path / "b.pth")
+    finally:
+        os.umask(old)
+    modes = [stat.S_IMODE(os.stat(tmp_path / name).st_mode) for name in ("a.pth", "b.pth")]
+    assert modes == [0o640, 0o640]  # not mkstemp's 0600

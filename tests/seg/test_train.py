@@ -180,6 +180,7 @@ def test_a_dense_method_registered_outside_mgd_trains_at_the_paired_positions(se
     mgd.register_distiller("stage_l2")(StageL2)
     try:
         assert "stage_l2" in seg_train.dense_methods() and "nd" not in seg_train.dense_methods()
+        assert "--stage-l2-weight STAGE_L2_WEIGHT [stage_l2: default 1]" in " ".join(seg_train.get_parser().format_help().split())
         out = tmp_path / "stage_l2"
         train_here(*distil(seg_folder, out, seg_teacher, "stage_l2"), "--distill-positions", "backbone")
     finally:

@@ -77,9 +77,26 @@ def test_run_cli_reports_ctrl_c_as_interrupted_and_exit_code_130(capsys):
 def test_single_process_launch_runs_the_worker_in_this_process(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     seen = []
-    args = namespace("--gpu", "3")
+    args = namespace()
     launch(lambda local_rank, a: seen.append((local_rank, a.distributed, a.world_size, a.nprocs)), args)
-    assert seen == [(3, False, 1, 1)]
+    assert seen == [(0, False, 1, 1)]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--world-size", "2", "--rank", "0"], "--world-size 2 without --multiprocessing-distributed starts one process"),
+    (["--dist-url", "foo://bar"], "--dist-url 'foo://bar': use tcp://HOST:PORT"),
+    (["--dist-backend", "nccl"], "--dist-backend nccl needs CUDA GPUs"),
+    (["--gpu", "3"], "--gpu 3: this machine has 0 CUDA GPU(s)"),
+    (["--world-size", "-5"], "--world-size -5: the number of nodes"),
+])
+def test_launch_mistakes_are_one_user_error_before_any_process_starts(monkeypatch, argv, message):
+    for name in ("WORLD_SIZE", "RANK", "MASTER_ADDR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    with pytest.raises(UserError) as exc:
+        launch(lambda *a: pytest.fail("the worker must not start"), namespace(*argv))
+    assert str(exc.value).startswith(message)
 
 
 def test_torchrun_environment_means_env_init(monkeypatch):

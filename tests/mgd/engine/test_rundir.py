@@ -36,7 +36,7 @@ def test_a_folder_with_a_previous_run_needs_resume_or_overwrite_which_moves_it_a
         check_output_dir(str(out), NAMES, overwrite=True, inputs={"--student-resume": str(out / "last.pth")})
     check_output_dir(str(out), NAMES, overwrite=True, inputs={"--teacher-resume": str(out / "teacher.pth")})
     start_output_dir(str(out), NAMES, resume=False, rank=0, overwrite=True)
-    assert sorted(p.name for p in out.iterdir() if p.is_file()) == ["teacher.pth"]  # temporaries deleted too
+    assert sorted(p.name for p in out.iterdir() if p.is_file()) == ["run.lock", "teacher.pth"]  # temporaries gone
     aside = [p for p in out.iterdir() if p.is_dir()]
     assert len(aside) == 1 and aside[0].name.startswith("previous-")
     assert sorted(p.name for p in aside[0].iterdir()) == ["checkpoint_0003.pth.tar", "last.pth", "log.jsonl",

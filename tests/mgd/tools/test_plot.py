@@ -107,3 +107,17 @@ def test_plot_without_matching_data_is_one_line_and_exit_code_2(tmp_path, capsys
     assert len(err.splitlines()) == 1 and "no matching to plot" in err
     assert plot.main([str(tmp_path / "missing")]) == 2
     assert "is not a folder" in capsys.readouterr().err
+
+
+def test_a_matching_file_that_is_not_one_is_named_in_one_line(tmp_path, capsys):
+    """A text file, or another checkpoint copied to matching_last.pth, is said to be what it is (not a
+    KeyError, not "no matching_last.pth")."""
+    (tmp_path / "matching_last.pth").write_text("not a checkpoint\n")
+    assert plot.main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"mgd.plot: error: cannot read checkpoint {tmp_path}")
+    torch.save({"epoch": 3, "student": {"w": torch.zeros(1)}}, tmp_path / "matching_last.pth")
+    assert plot.main([str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"mgd.plot: error: {tmp_path / 'matching_last.pth'} holds no cost matrix (stage<i>_cost): it is not the "
+        "matching file an MGD run writes (its keys: epoch, student)")
