@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if __name__ == "__main__":  # a Ctrl-C during the imports below: one word and 130, not a traceback (run_cli's next)
+    signal.signal(signal.SIGINT, lambda *_: (sys.stderr.write("interrupted\n"), os._exit(130)))
 
 import mgd
 from cls.trainer import check_arch, teacher_arch, train_worker

@@ -18,7 +18,7 @@ from mgd.engine import (Precision, RunLog, UserError, WithIndices, eval_loader, 
                         save_checkpoints, setup_process, start_output_dir, wrap_for_training)
 from mgd.engine.loop import EpochTask, fit
 from mgd.engine.args import distiller_options_from_args, identity_settings
-from mgd.engine.checkpoints import check_epochs_left
+from mgd.engine.checkpoints import check_epochs_left, weights_fingerprint
 from mgd.features import classifier_layer
 
 from . import data as cdata
@@ -321,6 +321,8 @@ def train_worker(local_rank: int, args: argparse.Namespace,
     optimizer = make_optimizer([p for p in distiller.get_learnable_parameters() if p.requires_grad], args)
     scheduler = make_scheduler(optimizer, args)
     same = identity_options(args)
+    if teacher is not None:
+        same["teacher_weights"] = weights_fingerprint(teacher)
     start_epoch, best = resume(args, student, optimizer, scheduler, precision,
                                lambda ckpt: check_checkpoint_method(args, ckpt), distiller, **same)
     if args.evaluate:

@@ -11,12 +11,14 @@ project (detectron2 itself is unchanged).
         DATASETS.TRAIN "('trees_train',)"              # your own COCO-format data, no code
 """
 import os
+import re
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
+import torch.multiprocessing as mp  # noqa: E402
 
 from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.config import get_cfg  # noqa: E402
@@ -24,9 +26,10 @@ from detectron2.engine import DefaultTrainer, default_argument_parser, default_s
 from detectron2.evaluation import COCOEvaluator, verify_results  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
 
-from mgd.engine.errors import EXIT_USER, UserError  # noqa: E402
+from mgd.engine.errors import EXIT_FAILED, EXIT_USER, UserError  # noqa: E402
 from mgd.engine.rundir import check_output_dir, start_output_dir  # noqa: E402
 from mgd_d2 import DistillDetector, MGDUpdateHook, add_mgd_config, cpu_ddp, launch, register_coco_datasets  # noqa: E402
+from mgd_d2.datasets import check_coco_file, check_datasets_registered  # noqa: E402
 
 
 class Trainer(DefaultTrainer):
@@ -109,7 +112,13 @@ def main(args):
         return res
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
-    return trainer.train()
+    try:
+        return trainer.train()
+    except FloatingPointError as exc:  # detectron2's "Loss became infinite or NaN at iteration=N!"
+        last = os.path.join(cfg.OUTPUT_DIR, "last_checkpoint")
+        resume = "--resume continues from the last checkpoint" if os.path.isfile(last) else "no checkpoint was written"
+        raise UserError(f"training diverged: {' '.join(str(exc).split())} (lower SOLVER.BASE_LR, or raise MGD.LOSS_FACTORS if "
+                        f"loss_distill is the term that diverged; {resume})") from None
 
 
 def run(args, main_func=main):
@@ -117,7 +126,12 @@ def run(args, main_func=main):
     MODEL.DEVICE is cpu (or no GPU exists). A bad config or dataset is one line and exit code 2."""
     try:
         register_coco_datasets(args.register_coco)  # checked here once, before any process starts
+        for entry in args.register_coco:
+            check_coco_file(*entry)
         cfg = load_config(args)
+        check_datasets_registered(cfg.DATASETS.TEST, "DATASETS.TEST")
+        if not args.eval_only:
+            check_datasets_registered(cfg.DATASETS.TRAIN, "DATASETS.TRAIN")
         check_output(args, cfg)
     except (ValueError, FileNotFoundError, KeyError, AssertionError, UserError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -125,8 +139,27 @@ def run(args, main_func=main):
     device = cfg.MODEL.DEVICE
     if not torch.cuda.is_available():
         device = "cpu"
-    launch(main_func, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-           dist_url=args.dist_url, args=(args,), device="cpu" if device == "cpu" else "cuda")
+    try:
+        launch(main_func, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+               dist_url=args.dist_url, args=(args,), device="cpu" if device == "cpu" else "cuda")
+    except UserError as exc:  # a single process: main's own
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(EXIT_USER)
+    except mp.ProcessRaisedException as exc:  # a worker's error: its UserError as one line, anything else as is
+        found = re.findall(r"^(?:\S+\.)?UserError: (.*)$", str(exc), re.M)
+        if not found:
+            raise
+        print(f"error: {found[-1]}", file=sys.stderr)
+        sys.exit(EXIT_USER)
+    except mp.ProcessExitedException as exc:  # killed (SIGKILL: out of memory, or by hand)
+        print(f"error: the process of rank {exc.error_index} {_ended(exc)}; the job stopped", file=sys.stderr)
+        sys.exit(EXIT_FAILED)
+
+
+def _ended(exc: "mp.ProcessExitedException") -> str:
+    if exc.signal_name:
+        return f"was killed by {exc.signal_name}"
+    return f"exited with code {exc.exit_code}"
 
 
 if __name__ == "__main__":

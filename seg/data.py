@@ -114,6 +114,13 @@ def _read_label(path: str) -> Image.Image:
     if label.mode not in ("L", "P", "I", "I;16"):
         raise UserError(f"label {path} is a {label.mode} image: labels must be single-channel maps of class indices "
                         "(PNG mode L or P, 255 = ignore)")
+    if label.mode in ("I", "I;16"):  # 16- or 32-bit: fine while every value is a class index of 8 bits
+        values = np.array(label)
+        wide = np.unique(values[(values > IGNORE_INDEX) | (values < 0)])
+        if wide.size:
+            raise UserError(f"label {path} holds value(s) {', '.join(map(str, wide[:5].tolist()))} outside 0..255: "
+                            "class indices are 0..254 (255 = ignore); save the labels with at most 255 classes")
+        label = Image.fromarray(values.astype(np.uint8))
     return label
 
 

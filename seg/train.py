@@ -16,11 +16,14 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from typing import Any, Dict, List
 
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if __name__ == "__main__":  # a Ctrl-C during the imports below: one word and 130, not a traceback (run_cli's next)
+    signal.signal(signal.SIGINT, lambda *_: (sys.stderr.write("interrupted\n"), os._exit(130)))
 
 import torch
 from torch import nn
@@ -33,7 +36,7 @@ from mgd.engine import (ArgumentParser, Precision, RunLog, UserError, add_launch
                         plain_args, prepare_loader, read_weights, resume_from, run_cli, save_checkpoints,
                         setup_process, start_output_dir, worker_guard, wrap_for_training)
 from mgd.engine.loop import EpochTask, fit
-from mgd.engine.checkpoints import CHECKPOINT_SET, check_resume_matches, load_weights
+from mgd.engine.checkpoints import CHECKPOINT_SET, check_resume_matches, load_weights, weights_fingerprint
 from mgd.engine.args import (add_method_arguments, add_training_arguments, check_method_flags,
                              distiller_options_from_args, identity_settings, positive_int)
 from seg import data as sdata
@@ -207,7 +210,8 @@ def worker(local_rank: int, args) -> None:
                                 weight_decay=args.weight_decay)
 
     same = {"teacher_model": args.teacher_model, "distill_positions": args.distill_positions,
-            **identity_settings(args.distiller, args)} if distiller.needs_teacher else {}
+            "teacher_weights": weights_fingerprint(teacher), **identity_settings(args.distiller, args)
+            } if distiller.needs_teacher else {}
     start_epoch, best = 0, 0.0
     if args.resume:
         ckpt = load_checkpoint(args.resume, ("student", "epoch", "optimizer", "best_miou", "method"))

@@ -18,11 +18,14 @@ import argparse
 import logging
 import math
 import os
+import signal
 import sys
 from typing import List
 
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if __name__ == "__main__":  # a Ctrl-C during the imports below: one word and 130, not a traceback (run_cli's next)
+    signal.signal(signal.SIGINT, lambda *_: (sys.stderr.write("interrupted\n"), os._exit(130)))
 
 import torch
 import torchvision
@@ -39,7 +42,7 @@ from mgd.registry import registered_methods
 from mgd.engine.args import (add_method_arguments, add_training_arguments, check_method_flags,
                              distiller_options_from_args, identity_settings, positive_float,
                              positive_int, unit_interval)
-from mgd.engine.checkpoints import check_epochs_left, load_weights
+from mgd.engine.checkpoints import check_epochs_left, load_weights, weights_fingerprint
 from unsup.moco import MoCo, TwoCropsTransform, moco_augmentation
 
 logger = logging.getLogger("unsup")
@@ -167,6 +170,7 @@ def worker(local_rank: int, args) -> None:
     logger.info("MoCo-v2 %s guided by %s on %s, %d process(es), %s", args.arch, args.teacher_arch, device,
                 args.world_size, precision.describe())
     teacher = load_teacher(args).to(device)
+    args.teacher_weights = weights_fingerprint(teacher)  # in the checkpoint's args: a resume compares it
     moco = MoCo(getattr(torchvision.models, args.arch), args.moco_dim, args.moco_k, args.moco_m, args.moco_t,
                 args.mlp).to(device)
     options = distiller_options_from_args(args.distiller, args, distributed=args.distributed,
@@ -187,6 +191,7 @@ def worker(local_rank: int, args) -> None:
         ckpt = load_checkpoint(args.resume, ("state_dict", "optimizer", "epoch", "distiller"))
         start_epoch = resume_from(ckpt, args.resume, moco, "state_dict", optimizer, precision, distiller=distiller,
                                   epochs=args.epochs, method=args.distiller,
+                                  teacher_weights=args.teacher_weights,
                                   **{k: getattr(args, k) for k in RESUME_SAME}, **identity_settings(args.distiller, args))
     trainable = wrap_for_training(model, device, args.distributed, data_parallel=False)  # MoCo needs DDP's ranks
     log = RunLog(args.output_dir, args.rank, args.tensorboard)

@@ -1,6 +1,7 @@
 """Checkpoints of the training scripts: atomic writes, ``weights_only`` reads, one-line user errors."""
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from typing import Any, Dict, Iterable, Optional, Sequence
@@ -15,7 +16,7 @@ logger = logging.getLogger("mgd.engine")
 
 __all__ = ["save_checkpoints", "load_checkpoint", "read_weights", "plain_args", "restore_training_state",
            "check_resume_matches", "check_epochs_left", "resume_from", "load_backbone_weights", "load_weights",
-           "CHECKPOINT_SET"]
+           "weights_fingerprint", "CHECKPOINT_SET"]
 
 #: What cls/ and seg/ write in an --output-dir: the checkpoint to continue from, the best one, the plain weights.
 CHECKPOINT_SET = ("last.pth", "best.pth", "student.pth")
@@ -107,10 +108,22 @@ def _describe(key: str, value: Any) -> str:
         return f"{value} classes"
     if key == "method":  # a checkpoint's method, chosen with --distiller
         return f"--distiller {value}"
+    if key == "teacher_weights":
+        return f"the teacher weights of fingerprint {value}"
     if isinstance(value, bool):
         return f"--{key.replace('_', '-')}" if value else f"no --{key.replace('_', '-')}"
     shown = " ".join(map(str, value)) if isinstance(value, list) else value
     return f"--{key.replace('_', '-')} {shown}"
+
+
+def weights_fingerprint(module: nn.Module) -> str:
+    """A short hash of ``module``'s state (names, shapes, dtypes and values): what a resume compares to refuse
+    other teacher weights of the same architecture, which would load and silently change the target."""
+    digest = hashlib.sha1()
+    for name, tensor in module.state_dict().items():
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def check_resume_matches(ckpt: Dict[str, Any], path: str, **expected: Any) -> None:

@@ -15,6 +15,7 @@ import functools
 import logging
 import os
 import random
+import signal
 import socket
 import sys
 from typing import Any, Callable, Optional, Sequence
@@ -35,6 +36,8 @@ __all__ = ["UserError", "run_cli", "launch", "free_port", "worker_guard", "setup
 def run_cli(main: Callable[[Optional[Sequence[str]]], Any], argv: Optional[Sequence[str]] = None) -> None:
     """Run a script's ``main``: a UserError becomes "error: ..." and exit code 2, Ctrl-C "interrupted" and
     exit code 130; programming errors keep their traceback."""
+    if getattr(signal.getsignal(signal.SIGINT), "__module__", None) == "__main__":
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # the script's start-up handler: ours from now
     sigterm_stops_like_ctrl_c()
     try:
         main(argv)

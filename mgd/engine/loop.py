@@ -126,7 +126,7 @@ def fit(*, args: argparse.Namespace, device: torch.device, precision: Precision,
             except (OSError, RuntimeError) as exc:
                 if not out_of_space(exc):
                     raise
-                raise no_space_error(args.output_dir, epoch, task.weights()) from None
+                raise no_space_error(args.output_dir, epoch, task.weights(), first=epoch == start_epoch) from None
         logging.getLogger(task.log_name).info("epoch %d/%d  %s", epoch, args.epochs - 1, task.summary(epoch, record))
     log.close()
     return best

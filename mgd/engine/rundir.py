@@ -221,16 +221,19 @@ def out_of_space(exc: BaseException) -> bool:
     return False
 
 
-def no_space_error(output_dir: str, epoch: int, weights: Mapping[str, Mapping[str, torch.Tensor]]) -> UserError:
-    """The one line for a save that found the disk full: what was kept, and how much an epoch's files need."""
+def no_space_error(output_dir: str, epoch: int, weights: Mapping[str, Mapping[str, torch.Tensor]],
+                   first: bool = False) -> UserError:
+    """The one line for a save that found the disk full: what was kept, and how much an epoch's files need
+    (``first``: the run's first save, so nothing of it is on disk)."""
     size = sum(t.numel() * t.element_size() for tensors in weights.values() for t in tensors.values()
                if isinstance(t, torch.Tensor))
-    need = f"about {3 * size / 2 ** 20:.1f} MB" if size else "the size of the previous epoch's files"
-    return UserError(f"no space left in {output_dir} to save epoch {epoch}: the checkpoints of the epoch before "
-                     "are kept as they were (each file is written to a temporary file first, and the temporary "
-                     f"was removed); an epoch's checkpoints need {need} (the weights twice with the optimizer's "
-                     "state, and once more as student.pth): free some space, or use another --output-dir, then "
-                     "--resume")
+    need = f"about {5 * size / 2 ** 20:.1f} MB" if size else "the size of the previous epoch's files"
+    kept = ("no checkpoint of this run is on disk yet" if first else
+            "the checkpoints of the epoch before are kept as they were")
+    return UserError(f"no space left in {output_dir} to save epoch {epoch}: {kept} (each file is written to a "
+                     f"temporary file first, and the temporary was removed); an epoch's checkpoints need {need} "
+                     "(last.pth and best.pth: the weights and the optimizer's state each; student.pth: the "
+                     "weights): free some space or use another --output-dir" + ("" if first else ", then --resume"))
 
 
 class Diverged(UserError):

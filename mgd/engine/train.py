@@ -8,7 +8,6 @@ import contextlib
 import logging
 import math
 import os
-import sys
 import time
 from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 
@@ -38,17 +37,13 @@ def train_one_epoch(step: StepFn, loader: Iterable, optimizer: torch.optim.Optim
     over all processes. A non-finite loss stops the run before its update (:class:`Diverged`, one line
     that says what to change, followed by ``last_good``: where the run can be resumed from)."""
     meter = Meter()
-    bar = tqdm(loader, desc=f"epoch {epoch}", disable=not show_progress, leave=False, dynamic_ncols=True,
-               mininterval=1.0, miniters=print_freq)
-    try:
+    # disable=None: no bar where stderr is no terminal (a log file), whose carriage returns would put the next
+    # line, an epoch's summary or an "error:", in the middle of a line
+    bar = tqdm(loader, desc=f"epoch {epoch}", disable=None if show_progress else True, leave=False,
+               dynamic_ncols=True, mininterval=1.0, miniters=print_freq)
+    with bar:
         for batch in bar:
             _train_step(step, batch, bar, meter, optimizer, precision, epoch, device, last_good)
-    except BaseException:
-        bar.close()
-        if show_progress and not sys.stderr.isatty():
-            sys.stderr.write("\n")  # the bar's carriage returns: the error line that follows starts a line
-        raise
-    bar.close()
     return meter.averages(device)
 
 

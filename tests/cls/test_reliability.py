@@ -104,3 +104,58 @@ def test_a_teacher_that_cannot_take_the_input_size_is_one_line_before_training(i
     assert last.startswith("error: the teacher timm/vit_tiny_patch16_224 cannot take the training images (3x32x32): ")
     assert last.endswith("; choose another --input-size or another architecture")
     assert not (tmp_path / "vit" / "last.pth").exists()
+
+
+def test_ctrl_c_during_the_start_up_imports_is_one_word_and_exit_code_130(image_folder, tmp_path):
+    import signal
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "cls", "main_base.py"),
+                             *map(str, common(image_folder, tmp_path / "x"))], cwd=ROOT, env=script_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.5)  # past the interpreter's start, inside the imports of torch (which take seconds)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert (proc.returncode, err) == (130, "interrupted\n")
+
+
+def test_a_resume_with_other_teacher_weights_of_the_same_architecture_is_refused(image_folder, teacher_weights,
+                                                                                  tmp_path):
+    from cls.models import build_model
+    from cls_runs import TEACHER
+    from tiny_models import randomize_bn
+
+    other = tmp_path / "other_teacher.pth"
+    torch.save(randomize_bn(build_model(TEACHER, 3), seed=5).state_dict(), other)
+    out = tmp_path / "kd"
+    run("main_mgd.py", *mgd_args(image_folder, out, teacher_weights), "--distiller", "kd")
+    argv = mgd_args(image_folder, out, other, epochs=2)
+    proc = run("main_mgd.py", *argv, "--distiller", "kd", "--resume", out / "last.pth", check=False)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert last.startswith(f"error: --resume: {out / 'last.pth'} was written with the teacher weights of "
+                           "fingerprint ") and ", this run has the teacher weights of fingerprint " in last and last.endswith(": resume with the same setting, or start a new run")
+
+
+def test_a_batch_of_one_at_a_1x1_batchnorm_is_one_line_and_a_last_batch_of_one_is_dropped(image_folder,
+                                                                                          tmp_path):
+    """MobileNetV2 at 32 px ends in 1x1 maps under a BatchNorm, which cannot train on one image."""
+    argv = common(image_folder, tmp_path / "b1") + ["--input-size", 32]
+    argv[argv.index("-a") + 1] = "mobilenet_v2"
+    argv[argv.index("-b") + 1] = 1
+    proc = run("main_base.py", *argv, check=False)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert last == ("error: a BatchNorm layer sees one value per channel in training (a batch of one image per "
+                    "process reaching a 1x1 feature map): raise -b (the batch size over all processes) to at "
+                    "least 2 per process")
+    argv[argv.index("-b") + 1] = 47  # 48 images: a last batch of one
+    argv[argv.index("--output-dir") + 1] = tmp_path / "b47"
+    proc = run("main_base.py", *argv)
+    assert "the last batch of each epoch would hold 1 image (48 per process, batches of 47): it is dropped" in \
+        proc.stdout + proc.stderr
+    assert [r["epoch"] for r in records(tmp_path / "b47") if "epoch" in r] == [0]
+
+
+def test_an_empty_output_dir_is_named_as_such(image_folder):
+    argv = common(image_folder, "")
+    proc = run("main_base.py", *argv, check=False)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1] == "error: --output-dir is empty: name a folder"

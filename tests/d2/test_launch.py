@@ -124,3 +124,58 @@ def test_overwrite_moves_the_previous_run_aside_and_resume_keeps_it(tmp_path):
     from mgd.engine.rundir import release_output_dir
     release_output_dir()
     assert sorted(p.name for p in out.iterdir()) == [aside.name]
+
+
+def _coco(tmp_path, mutate):
+    """A one-image COCO file (and its image) changed by ``mutate(data)``; its path."""
+    from PIL import Image
+    (tmp_path / "images").mkdir(exist_ok=True)
+    Image.new("RGB", (32, 24)).save(tmp_path / "images" / "a.png")
+    data = {"images": [{"id": 1, "file_name": "a.png", "width": 32, "height": 24}],
+            "annotations": [{"id": 7, "image_id": 1, "category_id": 1, "bbox": [2, 2, 10, 10], "area": 100,
+                             "iscrowd": 0}],
+            "categories": [{"id": 1, "name": "thing"}]}
+    mutate(data)
+    path = tmp_path / "ann.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.mark.parametrize("case, mutate, message", [
+    ("invalid JSON", None, "is not valid JSON (Expecting value at line 1, column 1)"),
+    ("bad category", lambda d: d["annotations"][0].update(category_id=5),
+     ": 1 annotation(s) of unknown categories (first: id 7 with category_id 5; the categories: [1])"),
+    ("missing image", lambda d: d["images"][0].update(file_name="gone.png"), ": 1 image(s) not found in "),
+])
+def test_a_broken_coco_file_is_one_line_before_any_process_starts(tmp_path, case, mutate, message):
+    path = _coco(tmp_path, mutate or (lambda d: None))
+    if mutate is None:
+        path.write_text("not json")
+    proc = subprocess.run([sys.executable, TRAIN_NET, "--config-file", toy.CONFIG, "--register-coco", "mine",
+                           str(path), str(tmp_path / "images"), "DATASETS.TRAIN", "('mine',)", "MODEL.DEVICE", "cpu",
+                           "OUTPUT_DIR", str(tmp_path / "out")], env=_env(), capture_output=True, text=True,
+                          timeout=120)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert last.startswith(f"error: --register-coco mine: {path}") and message in last, last
+
+
+def test_an_unregistered_dataset_is_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, TRAIN_NET, "--config-file", toy.CONFIG, "DATASETS.TRAIN", "('nowhere',)",
+                           "MODEL.DEVICE", "cpu", "OUTPUT_DIR", str(tmp_path / "out")], env=_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        "error: DATASETS.TRAIN names 'nowhere', which is not a registered dataset: register yours with")
+
+
+def test_a_diverging_run_is_one_line_that_says_what_to_lower(dataset, tmp_path, capsys):
+    import train_net
+    argv = ["--config-file", toy.CONFIG, *toy.tiny_opts(tmp_path / "nan", **{"SOLVER.BASE_LR": 1e38,
+                                                                             "MGD.DISTILLER": "at"})]
+    with pytest.raises(SystemExit) as exc:
+        train_net.run(train_net.argument_parser().parse_args(argv))
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exc.value.code == 2, last
+    assert last.startswith("error: training diverged: Loss became infinite or NaN at iteration=")
+    assert "(lower SOLVER.BASE_LR, or raise MGD.LOSS_FACTORS if loss_distill is the term that diverged; " in last

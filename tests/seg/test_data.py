@@ -58,3 +58,16 @@ def test_bad_label_files_name_the_file(tmp_path):
     Image.fromarray(np.zeros((44, 48, 3), np.uint8)).save(pairs[1][1])
     with pytest.raises(UserError, match="single-channel"):
         data[1]
+
+
+def test_a_16_bit_label_is_read_while_its_values_are_class_indices_and_refused_above_255(tmp_path):
+    """A 16-bit label of value 300 once made 301 classes and was cast to 8 bits (44) on read."""
+    from seg.data import _read_label
+    path = tmp_path / "a.png"
+    Image.fromarray(np.array([[0, 3], [255, 7]], dtype=np.uint16)).save(path)
+    assert Image.open(path).mode == "I;16"
+    label = _read_label(str(path))
+    assert label.mode == "L" and np.array(label).tolist() == [[0, 3], [255, 7]]
+    Image.fromarray(np.array([[0, 300], [255, 7]], dtype=np.uint16)).save(path)
+    with pytest.raises(UserError, match=r"holds value\(s\) 300 outside 0\.\.255: class indices are 0\.\.254"):
+        _read_label(str(path))
