@@ -18,6 +18,7 @@ setup(
         "numpy",
         "scipy",
         "ortools>=9.4",  # ortools.graph.python.linear_sum_assignment appeared in 9.4
+        "pyyaml",  # --config recipes (mgd.engine.config)
     ],
     extras_require={"test": ["pytest", "pytest-timeout"], "timm": ["timm>=1.0"]},
 )

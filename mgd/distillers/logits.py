@@ -83,7 +83,9 @@ class LogitDistiller(NDTerm, Distiller):
             self._init_nd(nd_weight, None, None, None)  # 0: off; < 0: an error
 
     def ramp(self) -> float:
-        return linear_warmup(self.epoch, self.warmup_epochs, self.one_based_warmup)
+        """The term's warm-up factor: mdistiller's 1-based count for the method alone, KD++'s 0-based count
+        (``train_cifar_dkd.py``, ``DIST++/train_dist.py``: ``min(epoch / warm_up, 1)``) for its "++"."""
+        return linear_warmup(self.epoch, self.warmup_epochs, self.one_based_warmup and not self.nd_weight > 0)
 
     def logit_losses(self, s_out, t_out, target) -> dict:
         raise NotImplementedError

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from ..losses.ofd import margin_target, partial_l2
+from ..losses.spatial import match_spatial
 from ..registry import register_distiller
 from .partial_l2 import LossFactor, PartialL2Distiller
 
@@ -36,10 +37,11 @@ class OFDistiller(PartialL2Distiller):
             nn.init.kaiming_normal_(self.connectors[i][0].weight, mode="fan_out", nonlinearity="relu")
 
     def losses(self, s_feats, t_feats, s_out, t_out, target):
-        self._check_spatial(t_feats, s_feats)
         batch = s_feats[self.stages[0]].shape[0]  # from the features: a detector hands no logits
         total = torch.zeros((), device=s_feats[self.stages[0]].device)
         for i in self.stages:
-            target_i, floor = margin_target(t_feats[i], self.margins[i])
-            total = total + partial_l2(self.connectors[i](s_feats[i].float()), target_i, floor) * self.stage_weights[i]
+            # maps of two sizes (other stage reductions): the larger pooled to the smaller, as mdistiller's OFD
+            student, teacher = match_spatial(self.connectors[i](s_feats[i].float()), t_feats[i])
+            target_i, floor = margin_target(teacher, self.margins[i])
+            total = total + partial_l2(student, target_i, floor) * self.stage_weights[i]
         return {"ofd": self.normalise(total, batch)}

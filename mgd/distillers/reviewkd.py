@@ -59,12 +59,16 @@ class ABF(nn.Module):
 def review_positions(t_net: nn.Module, s_net: nn.Module, teacher_layers: Layers, student_layers: Layers,
                      teacher_embedding: Optional[str], student_embedding: Optional[str]
                      ) -> Tuple[List[StageSpec], List[StageSpec]]:
-    """The stage positions (given, discovered or built in) followed by each network's embedding."""
-    if (teacher_layers is None) != (student_layers is None):
-        raise ValueError("give both teacher_layers and student_layers, or neither")
-    if teacher_layers is None:
-        found = default_positions(t_net, s_net, wider_teacher=False)
-        teacher_layers, student_layers = found if found is not None else (builtin_stages(t_net), builtin_stages(s_net))
+    """The stage positions (given, discovered or built in) followed by each network's embedding. A side not
+    given takes the pair's discovered positions, else its built-in ones (a student whose model names its
+    stages, such as cls/'s MobileNet-V1, beside a torchvision teacher)."""
+    if teacher_layers is None or student_layers is None:
+        found = default_positions(t_net, s_net, wider_teacher=False) if teacher_layers is None and \
+            student_layers is None else None
+        if teacher_layers is None:
+            teacher_layers = found[0] if found is not None else builtin_stages(t_net)
+        if student_layers is None:
+            student_layers = found[1] if found is not None else builtin_stages(s_net)
     if teacher_layers is None or student_layers is None:
         raise ValueError("reviewkd needs stage features the pair does not have (no stage positions found); give "
                          "teacher_layers and student_layers")
@@ -86,16 +90,19 @@ class ReviewKDDistiller(NDTerm, Distiller):
         mid_channels: the ABFs' middle width (None: min(512, the student's widest position); 256 for ResNet-50
             -> MobileNet-V1).
         nd_weight: > 0 adds KD++'s ND loss on the penultimate embeddings with this weight (ReviewKD++).
+        student_preact: 1 reviews the student's pre-ReLU stage features (mdistiller's ImageNet configs,
+            STU_PREACT True); 0 their ReLU, as the authors' CIFAR code and mdistiller's CIFAR configs do.
     """
 
-    cli_options = ("weight", "warmup_epochs", "mid_channels", "nd_weight")
+    cli_options = ("weight", "warmup_epochs", "mid_channels", "nd_weight", "student_preact")
     needs_full_batches = True  # the deepest ABF's BatchNorm sees 1x1 maps: a batch of one cannot train it
 
     def __init__(self, t_net: nn.Module, s_net: nn.Module, weight: float = 5.0, warmup_epochs: float = 20,
                  mid_channels: Optional[int] = None, nd_weight: float = 0.0, num_classes: Optional[int] = None,
                  teacher_layers: Layers = None, student_layers: Layers = None,
                  teacher_embedding: Optional[str] = None, student_embedding: Optional[str] = None,
-                 example_input: Optional[torch.Tensor] = None, **kwargs) -> None:
+                 example_input: Optional[torch.Tensor] = None, student_preact: bool = True, **kwargs) -> None:
+        self.student_preact = bool(student_preact)
         teacher_layers, student_layers = review_positions(t_net, s_net, teacher_layers, student_layers,
                                                           teacher_embedding, student_embedding)
         super().__init__(t_net, s_net, teacher_layers=teacher_layers, student_layers=student_layers, **kwargs)
@@ -116,6 +123,8 @@ class ReviewKDDistiller(NDTerm, Distiller):
     def review(self, s_feats: Sequence[torch.Tensor], t_feats: Sequence[torch.Tensor]) -> List[torch.Tensor]:
         """The ABF outputs, shallowest first, each at its teacher feature's size."""
         outputs, residual = [], None
+        if not self.student_preact:  # the stages' post-ReLU outputs (the embedding is one already)
+            s_feats = [torch.relu(s) for s in s_feats[:-1]] + [s_feats[-1]]
         for abf, s, t in zip(self.abfs, reversed(s_feats), reversed(t_feats)):
             out, residual = abf(self._as_map(s).float(), residual, self._as_map(t).shape[-2:])
             outputs.insert(0, out)
@@ -123,7 +132,8 @@ class ReviewKDDistiller(NDTerm, Distiller):
 
     def losses(self, s_feats, t_feats, s_out, t_out, target):
         teacher = [self._as_map(t) for t in t_feats]
-        ramp = linear_warmup(self.epoch, self.warmup_epochs)
+        # mdistiller counts the epochs from 1; KD++'s ReviewKD++/train_reviewkd.py from 0
+        ramp = linear_warmup(self.epoch, self.warmup_epochs, one_based=not self.nd_weight > 0)
         out = {"reviewkd": ramp * self.weight * hcl_loss(self.review(s_feats, t_feats), teacher)}
         if self.nd_weight > 0:
             out["nd"] = self.nd_term(s_feats[-1], t_feats[-1], target)

@@ -249,12 +249,20 @@ class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse with the scripts' error convention: a bad flag is one line on stderr and exit code 2 (argparse
-    itself prints the whole usage first, which buries the one line that matters); --help shows the defaults."""
+    """argparse with the scripts' conventions: a bad flag is one line on stderr and exit code 2 (argparse
+    itself prints the whole usage first, which buries the one line that matters); --help shows the defaults;
+    ``--config FILE`` and ``--print-config`` (:mod:`mgd.engine.config`: a recipe as a file, the command line
+    overriding it)."""
 
     def __init__(self, *args, **kwargs) -> None:
         kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
         super().__init__(*args, **kwargs)
+        from .config import add_config_arguments
+        add_config_arguments(self)
+
+    def parse_args(self, args=None, namespace=None):  # type: ignore[override]
+        from .config import parse_with_config
+        return parse_with_config(self, args, lambda argv: super(ArgumentParser, self).parse_args(argv, namespace))
 
     def error(self, message: str):  # type: ignore[override]
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")

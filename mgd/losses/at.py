@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from .precision import float32_loss
+from .spatial import match_spatial
 
 __all__ = ["attention_map", "at_loss"]
 
@@ -18,8 +19,7 @@ def attention_map(feature: torch.Tensor, p: int = 2) -> torch.Tensor:
 @float32_loss
 def at_loss(student: torch.Tensor, teacher: torch.Tensor, p: int = 2) -> torch.Tensor:
     """|| Q_S/||Q_S|| - Q_T/||Q_T|| ||^2 averaged over images and positions (Eq. 2 with the paper's code's
-    mean normalisation); the paper weights the sum over stages by beta / 2 with beta = 1000."""
-    if student.shape[2:] != teacher.shape[2:]:
-        raise ValueError(f"attention transfer needs equal spatial sizes, got {tuple(student.shape)} and "
-                         f"{tuple(teacher.shape)}")
+    mean normalisation); the paper weights the sum over stages by beta / 2 with beta = 1000. Maps of two
+    sizes: the larger is pooled to the smaller's (:func:`~mgd.losses.spatial.match_spatial`, mdistiller's)."""
+    student, teacher = match_spatial(student, teacher)
     return (attention_map(student, p) - attention_map(teacher, p)).pow(2).mean()

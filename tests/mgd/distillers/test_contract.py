@@ -214,6 +214,30 @@ def test_warmups_ramp_as_their_authors_count_epochs():
         with torch.no_grad():
             terms = dkd.forward_train(x, y)[1]
         torch.testing.assert_close(terms["dkd"], ramp * dkd_loss(s, t, y))
+    dkdpp = build_distiller("dkd", teacher, student, nd_weight=1.0)  # DKD++: KD++'s train_cifar_dkd.py counts from 0
+    dkdpp.prepare([(x, y)])
+    dkdpp.eval()
+    for epoch, ramp in ((0, 0.0), (10, 0.5), (40, 1.0)):
+        dkdpp.set_epoch(epoch)
+        with torch.no_grad():
+            terms = dkdpp.forward_train(x, y)[1]
+        torch.testing.assert_close(terms["dkd"], ramp * dkd_loss(s, t, y))
+
+
+def test_reviewkd_reviews_the_students_post_relu_stages_with_student_preact_0():
+    """The authors' CIFAR setting (mdistiller STU_PREACT False): the same review of the stages' ReLU."""
+    torch.manual_seed(0)
+    teacher, student = randomize_bn(tiny_resnet(True)), tiny_resnet(False)
+    pre = build_distiller("reviewkd", teacher, student, warmup_epochs=0)
+    post = build_distiller("reviewkd", teacher, student, warmup_epochs=0, student_preact=0)
+    post.abfs.load_state_dict(pre.abfs.state_dict())
+    pre.eval(), post.eval()
+    t_feats, _, s_feats, _ = pre.run_networks(torch.randn(2, 3, 32, 32))
+    relu_feats = [torch.relu(f) for f in s_feats[:-1]] + [s_feats[-1]]
+    assert any((f < 0).any() for f in s_feats[:-1])  # pre-ReLU: the two settings differ
+    for a, b in zip(post.review(s_feats, t_feats), pre.review(relu_feats, t_feats)):
+        torch.testing.assert_close(a, b)
+    pre.close(), post.close()
 
 
 def test_reviewkd_fuses_from_the_deepest_position_up_to_the_teachers_shapes():
@@ -286,8 +310,13 @@ def test_mobilenet_v2_students_skip_the_stage_of_another_resolution_by_default(n
     assert logits.shape == (CLASSES, CLASSES) and all(torch.isfinite(v) for v in losses.values())
     d.close()
     everything = build_distiller(name, teacher, student, ignore_inds=[])
-    with pytest.raises(ValueError, match="spatial"):  # stage 0 really does not fit: 16x16 against 32x32
-        everything.prepare([x]) if everything.prepare_due(0) else everything.forward_train(x, y)
+    if name == "mgd":  # the matching compares maps position by position: stage 0 (16x16 against 32x32) cannot
+        with pytest.raises(ValueError, match="spatial"):
+            everything.prepare([x])
+    else:  # OFD and AT pool the larger map to the smaller's size (mdistiller's): every stage distils
+        losses = everything.forward_train(x, y)[1]
+        assert all(torch.isfinite(v) and v > 0 for v in losses.values())
+    everything.close()
 
 
 def test_a_constructor_that_fails_leaves_no_hooks_behind():
