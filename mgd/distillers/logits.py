@@ -58,16 +58,19 @@ class LogitDistiller(NDTerm, Distiller):
             setting 20; their ImageNet settings: KD++ 5, DKD 1); 0: no ramp.
         nd_weight: > 0 adds KD++'s ND loss on the penultimate embeddings with this weight (the "++" of the
             method, trained with the KD++ recipe); 0: the method alone.
+        ramp_nd: 1 ramps the ND term in with the method's term over ``warmup_epochs``, as KD++'s ImageNet
+            DKD++ (``ImageNet/train_dkd.py``); 0 (its CIFAR code) adds it at full weight from the start.
     """
 
     needs_features = False
-    cli_options = ("warmup_epochs", "nd_weight")
+    cli_options = ("warmup_epochs", "nd_weight", "ramp_nd")
     #: Whether the method's term ramps in over ``warmup_epochs`` (and from which epoch count).
     one_based_warmup = True
 
     def __init__(self, t_net: nn.Module, s_net: nn.Module, *, nd_weight: float = 0.0, warmup_epochs: float = 20,
                  num_classes: Optional[int] = None, teacher_embedding: Optional[str] = None,
-                 student_embedding: Optional[str] = None, **kwargs) -> None:
+                 student_embedding: Optional[str] = None, ramp_nd: bool = False, **kwargs) -> None:
+        self.ramp_nd = bool(ramp_nd)
         if nd_weight > 0:
             self.needs_features = True  # the embeddings
             kwargs.update(teacher_layers=[embedding_spec(t_net, teacher_embedding)],
@@ -93,5 +96,6 @@ class LogitDistiller(NDTerm, Distiller):
     def losses(self, s_feats, t_feats, s_out, t_out, target):
         out = self.logit_losses(s_out, t_out, target)
         if self.nd_weight > 0:
-            out["nd"] = self.nd_term(s_feats[-1], t_feats[-1], target)
+            nd = self.nd_term(s_feats[-1], t_feats[-1], target)
+            out["nd"] = self.ramp() * nd if self.ramp_nd else nd
         return out

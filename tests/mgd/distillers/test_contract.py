@@ -222,6 +222,16 @@ def test_warmups_ramp_as_their_authors_count_epochs():
         with torch.no_grad():
             terms = dkdpp.forward_train(x, y)[1]
         torch.testing.assert_close(terms["dkd"], ramp * dkd_loss(s, t, y))
+    full_nd = terms["nd"]  # epoch 40: past the warm-up
+    ramped = build_distiller("dkd", teacher, student, nd_weight=1.0, ramp_nd=1)  # KD++'s ImageNet DKD++
+    ramped.load_own_state_dict(dkdpp.own_state_dict())  # the same projection and class means
+    ramped.eval()
+    for epoch, ramp in ((0, 0.0), (10, 0.5), (40, 1.0)):
+        ramped.set_epoch(epoch)
+        with torch.no_grad():
+            terms = ramped.forward_train(x, y)[1]
+        torch.testing.assert_close(terms["nd"], ramp * full_nd)
+    ramped.close(), dkdpp.close()
 
 
 def test_reviewkd_reviews_the_students_post_relu_stages_with_student_preact_0():
