@@ -190,14 +190,6 @@ class Distiller(nn.Module):
         if not self.stages:
             raise ValueError("ignore_inds leaves no stage to distill")
 
-    def _check_spatial(self, t_feats: Sequence[torch.Tensor], s_feats: Sequence[torch.Tensor]) -> None:
-        """ValueError naming the first distilled stage whose teacher and student maps differ in size."""
-        for i in self.stages:
-            if t_feats[i].shape[2:] != s_feats[i].shape[2:]:
-                raise ValueError(f"stage {i}: teacher feature {tuple(t_feats[i].shape)} and student feature "
-                                 f"{tuple(s_feats[i].shape)} differ in spatial size; add {i} to ignore_inds or "
-                                 "capture other layers")
-
     # ------------------------------------------------------------------------------------------ modes, state
     def train(self, mode: bool = True) -> "Distiller":
         super().train(mode)

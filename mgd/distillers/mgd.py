@@ -30,6 +30,7 @@ from ..calibration import DEFAULT_CALIBRATION_IMAGES, DEFAULT_LOSS_RATIO, Measur
 from ..features import StageSpec
 from ..losses import kd_loss
 from ..losses.ofd import margin_target, partial_l2
+from ..losses.spatial import match_spatial
 from ..matching.cost import CostTracker
 from ..matching.reducers import REDUCERS, get_reducer
 from ..matching.solvers import SOLVERS
@@ -397,14 +398,14 @@ class MGDistiller(PartialL2Distiller):
             s_feats, _ = self._s_src(self.s_net, x, self.preReLU)
             self._check_features(t_feats, s_feats)
             for i in self.stages:
-                self._tracker.add(i, s_feats[i], t_feats[i])
+                self._tracker.add(i, *self._same_size(s_feats[i], t_feats[i]))
             self._tracker.add_images(x.shape[0])
 
     def track_running_stats(self, t_feats: Sequence[torch.Tensor], s_feats: Sequence[torch.Tensor]) -> None:
         """Track already computed features (for callers that run the networks themselves, e.g. detection)."""
         self._check_features(list(t_feats), list(s_feats))
         for i in self.stages:
-            self._tracker.add(i, s_feats[i], t_feats[i])
+            self._tracker.add(i, *self._same_size(s_feats[i], t_feats[i]))
         self._tracker.add_images(t_feats[self.stages[0]].shape[0])
 
     @property
@@ -450,7 +451,13 @@ class MGDistiller(PartialL2Distiller):
             if t.shape[1] != self.t_channels[i] or s.shape[1] != self.s_channels[i]:
                 raise RuntimeError(f"stage {i}: features have {t.shape[1]} (teacher) / {s.shape[1]} (student) "
                                    f"channels, expected {self.t_channels[i]} / {self.s_channels[i]}")
-        self._check_spatial(t_feats, s_feats)
+
+    @staticmethod
+    def _same_size(s_feat: torch.Tensor, t_feat: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """A stage's maps at one spatial size (the larger average-pooled to the smaller, as mdistiller pools
+        for AT and OFD): the matching's costs and the partial L2 compare them position by position. Equal
+        sizes, the original's only case, pass unchanged."""
+        return match_spatial(s_feat, t_feat)
 
     def _check_matched(self) -> None:
         if not self._matched:  # a Python flag: reading num_updates on a GPU at every step would synchronise
@@ -471,7 +478,7 @@ class MGDistiller(PartialL2Distiller):
             loss = torch.zeros((), device=device)
             for i in self.stages:
                 if self.stage_weights[i] != 0:
-                    loss = loss + self.stage_loss(i, s_feats[i], t_feats[i]) * self.stage_weights[i]
+                    loss = loss + self.stage_loss(i, *self._same_size(s_feats[i], t_feats[i])) * self.stage_weights[i]
         return loss
 
     def run_networks(self, images: torch.Tensor) -> Tuple[Any, Any, Any, Any]:

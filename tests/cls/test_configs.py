@@ -85,3 +85,18 @@ def test_the_readme_recipes_table_is_the_generated_one():
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "configs", "table.py"), "--check"],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("method", ["ofd", "mgd", "at", "reviewkd"])
+def test_the_feature_methods_train_a_pair_whose_stages_reduce_differently(method, image_folder, teachers, tmp_path):
+    """ResNet-32x4 -> ShuffleNet-V2 (the KD++ and CRD CIFAR row): maps of two sizes at every stage, the larger
+    pooled to the smaller (mdistiller's), so every feature method trains it."""
+    from cls import main_mgd
+    out = tmp_path / method
+    main_mgd.main([str(image_folder), "-a", "cifar_shufflenet_v2_x1_0", "--teacher-arch", "cifar_resnet32x4",
+                   "--teacher-resume", str(teachers["cifar_resnet32x4"]), "--distiller", method, "--input-size", "32",
+                   "-b", "16", "--epochs", "1", "-j", "0", "--seed", "0", "--output-dir", str(out),
+                   "--mgd-update-images", "16"])
+    (epoch,) = [r for r in records(out) if "epoch" in r]
+    terms = [k for k in epoch if k.startswith("train_") and k != "train_ce"]
+    assert terms and all(epoch[k] > 0 for k in terms)

@@ -241,12 +241,20 @@ def test_bad_configurations_fail_early_with_clear_messages():
         mgd.MGDistiller(nn.Sequential(nn.Conv2d(3, 3, 1)), student)
 
 
-def test_spatial_mismatch_names_the_stage():
+def test_a_stage_of_another_size_is_matched_and_distilled_on_the_pooled_maps():
+    """Stage 3's student map (layer3) is twice the teacher's (layer4) in each dimension: both the matching and
+    the loss compare the student map average-pooled to the teacher's size."""
     d = mgd.MGDistiller(randomize_bn(tiny_resnet(True)), tiny_resnet(False),
                         student_layers=["layer1", "layer2", "layer3", "layer3"],
                         student_channels=[64, 128, 256, 256])
-    with pytest.raises(ValueError, match="stage 3.*spatial size"):
-        mgd_update([_data()], d)
+    mgd_update([_data()], d)
+    assert int(d.num_updates) == 1
+    t_feats, _, s_feats, _ = d.run_networks(_data())
+    assert s_feats[3].shape[-1] == 2 * t_feats[3].shape[-1]
+    pooled = list(s_feats)
+    pooled[3] = torch.nn.functional.adaptive_avg_pool2d(s_feats[3], t_feats[3].shape[-2:])
+    torch.testing.assert_close(d.distill_loss(s_feats, t_feats), d.distill_loss(pooled, t_feats))
+    d.close()
 
 
 def test_sparse_matching_is_the_originals_padded_square_assignment():
