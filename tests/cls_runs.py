@@ -24,3 +24,21 @@ def mgd_args(data, out, teacher, epochs=1):
 def records(out):
     with open(os.path.join(out, "log.jsonl")) as f:
         return [json.loads(line) for line in f]
+
+
+def full_and_resumed(data, teacher, tmp_path, epochs, *flags):
+    """main_mgd.py with ``flags`` trained for ``epochs`` at once, and for ``epochs - 1`` then resumed to
+    ``epochs``: (the two last.pth checkpoints, the two run folders)."""
+    import torch
+    full, part = tmp_path / "full", tmp_path / "part"
+    run("main_mgd.py", *mgd_args(data, full, teacher, epochs=epochs), *flags)
+    run("main_mgd.py", *mgd_args(data, part, teacher, epochs=epochs - 1), *flags)
+    run("main_mgd.py", *mgd_args(data, part, teacher, epochs=epochs), *flags, "--resume", part / "last.pth")
+    return (torch.load(full / "last.pth", weights_only=True), torch.load(part / "last.pth", weights_only=True),
+            full, part)
+
+
+def differing_tensors(a, b, keys=("student", "distiller")):
+    """The names of the tensors of two checkpoints' ``keys`` that are not bit-equal."""
+    import torch
+    return [f"{key}.{name}" for key in keys for name, value in a[key].items() if not torch.equal(value, b[key][name])]

@@ -40,12 +40,12 @@ def add_mgd_config(cfg: CN) -> None:
     cfg.MODEL.MOBILENET_V2.NORM = "BN"
     cfg.MODEL.MOBILENET_V2.PRETRAINED = ""
     cfg.MGD = CN()
-    # The method, any registered one (mgd.build_distiller) of two kinds (see feature_methods / logit_methods):
-    # the feature methods ("mgd": matching + reducer, Yue et al. 2020; "ofd": 1x1 conv + BN connectors and OFD's
-    # margins, Heo et al. 2019; "sm", "at", "sp", another package's) on the backbones' pre-ReLU C2-C5; with a
-    # Faster R-CNN also the logit methods ("kd", Hinton et al. 2015; "dkd", Zhao et al. 2022; "dist") on the box
-    # head's class logits of the student's sampled proposals, the teacher's box head run on those same
-    # proposals (as mdistiller's detection code).
+    # The method, any registered one (mgd.build_distiller), chosen by its capabilities (see feature_methods /
+    # logit_methods): a method that distils stage features on dense maps works on the backbones' pre-ReLU C2-C5
+    # (MGD's matching, OFD's connectors, AT, SP, another package's); with a Faster R-CNN, a method that reads
+    # only the logits works on the box head's class logits of the student's sampled proposals, the teacher's
+    # box head run on those same proposals (as mdistiller's detection code). `train_net.py --help` and
+    # d2/README.md list the registered ones.
     cfg.MGD.DISTILLER = "mgd"
     # Channel reducer: "amp" (absolute max pooling), "sp" (max pooling), "rd" (random drop), "sm" (sparse).
     cfg.MGD.REDUCER = "amp"
@@ -63,10 +63,11 @@ def add_mgd_config(cfg: CN) -> None:
     # Batches (per process) tracked by each matching update, from a separate training-data stream.
     cfg.MGD.UPDATE_ITER = 1000
     # Divisors of the C2-C5 distillation losses (the original's RetinaNet factors); the summed loss is then
-    # divided by SOLVER.IMS_PER_BATCH. Pick them so each level's loss starts around 0.0x. Used by "ofd" too.
+    # divided by SOLVER.IMS_PER_BATCH. Pick them so each level's loss starts around 0.0x. Used by every method
+    # that takes stage weights.
     cfg.MGD.LOSS_FACTORS = [5e7, 5e7, 5e6, 5e6]
     # "" : the LOSS_FACTORS above are the divisors. "auto": one more, global divisor is measured at the first
-    # matching (before the first step for "ofd") so that loss_distill starts at LOSS_RATIO times the sum of the
+    # matching (before the first step for a method without one) so that loss_distill starts at LOSS_RATIO times the sum of the
     # detector's losses; the LOSS_FACTORS then only set the levels' relative weights (the original's balance).
     # Kept in checkpoints. Only for a method with a loss factor (the partial-L2 ones: mgd, sm, ofd); the logit
     # methods have their own weights below.

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from cls.models import build_model
-from cls_runs import STUDENT, TEACHER, common, mgd_args, records, run
+from cls_runs import STUDENT, TEACHER, common, differing_tensors, full_and_resumed, mgd_args, records, run
 from scripts import run_script
 from tiny_models import randomize_bn
 
@@ -74,15 +74,8 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(image_folder, teacher_
 def test_warmup_and_crd_memory_resume_exactly(method, image_folder, teacher_weights, tmp_path):
     """DKD's warm-up (the epoch is announced again after a resume) and CRD's memory bank, its normalising
     constants and its negatives (seeded per epoch) continue as if never interrupted."""
-    full, part = tmp_path / "full", tmp_path / "part"
-    run("main_mgd.py", *mgd_args(image_folder, full, teacher_weights, epochs=2), *method)
-    run("main_mgd.py", *mgd_args(image_folder, part, teacher_weights, epochs=1), *method)
-    run("main_mgd.py", *mgd_args(image_folder, part, teacher_weights, epochs=2), *method, "--resume", part / "last.pth")
-    a = torch.load(full / "last.pth", weights_only=True)
-    b = torch.load(part / "last.pth", weights_only=True)
-    for key in ("student", "distiller"):
-        for name, value in a[key].items():
-            assert torch.equal(value, b[key][name]), f"{key}.{name} differs after resume"
+    a, b, full, _ = full_and_resumed(image_folder, teacher_weights, tmp_path, 2, *method)
+    assert differing_tensors(a, b) == []
     if "crd" in method:
         assert torch.isfinite(a["distiller"]["log_z"]).all() and a["distiller"]["memory_s"].shape == (48, 128)
     train = [r for r in records(full) if "epoch" in r]

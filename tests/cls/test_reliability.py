@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from cls_runs import common, mgd_args, records, run
+from cls_runs import common, differing_tensors, full_and_resumed, mgd_args, records, run
 from scripts import ROOT, script_env
 
 
@@ -46,17 +46,10 @@ def test_two_process_mgd_resume_is_exact_when_the_matching_is_solved_again_after
     """Each rank's last step leaves it its own BatchNorm statistics, and the checkpoint holds rank 0's: the
     engine gives every rank rank 0's after each epoch, so the next matching (solved in eval mode from both ranks'
     features, --mgd-update-freq 1) reads the same statistics in the uninterrupted and in the resumed run."""
-    ddp = ["--multiprocessing-distributed", "--dist-backend", "gloo", "--nproc-per-node", 2]
-    full, part = tmp_path / "full", tmp_path / "part"
-    run("main_mgd.py", *mgd_args(image_folder, full, teacher_weights, epochs=3), *ddp)
-    run("main_mgd.py", *mgd_args(image_folder, part, teacher_weights, epochs=2), *ddp)
-    run("main_mgd.py", *mgd_args(image_folder, part, teacher_weights, epochs=3), *ddp, "--resume", part / "last.pth")
-    a = torch.load(full / "last.pth", weights_only=True)
-    b = torch.load(part / "last.pth", weights_only=True)
+    a, b, full, part = full_and_resumed(image_folder, teacher_weights, tmp_path, 3, "--multiprocessing-distributed",
+                                        "--dist-backend", "gloo", "--nproc-per-node", 2)
     assert a["epoch"] == b["epoch"] == 3
-    differ = [f"{key}.{name}" for key in ("student", "distiller") for name, value in a[key].items()
-              if not torch.equal(value, b[key][name])]
-    assert differ == []
+    assert differing_tensors(a, b) == []
     assert [r["train_ce"] for r in records(full) if "epoch" in r] == \
         [r["train_ce"] for r in records(part) if "epoch" in r]
 
