@@ -35,7 +35,8 @@ __all__ = ["UserError", "run_cli", "launch", "free_port", "worker_guard", "setup
 
 def run_cli(main: Callable[[Optional[Sequence[str]]], Any], argv: Optional[Sequence[str]] = None) -> None:
     """Run a script's ``main``: a UserError becomes "error: ..." and exit code 2, Ctrl-C "interrupted" and
-    exit code 130; programming errors keep their traceback."""
+    exit code 130, SIGTERM "terminated (SIGTERM)" and 143 (it stops the run as Ctrl-C does); programming
+    errors keep their traceback."""
     if getattr(signal.getsignal(signal.SIGINT), "__module__", None) == "__main__":
         signal.signal(signal.SIGINT, signal.default_int_handler)  # the script's start-up handler: ours from now
     sigterm_stops_like_ctrl_c()
