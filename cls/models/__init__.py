@@ -8,7 +8,8 @@ torchvision families use the library's built-in stage positions; the models defi
 * mobilenet_v1 (written here, as torchvision has none);
 * small inputs (28-32 px), the models of the CIFAR distillation tables:
   cifar_resnet<depth>[_w<width>] (ResNet-20/32/56/110: cifar_resnet20 ... cifar_resnet110; cifar_resnet20_w8),
-  cifar_resnet8x4 / cifar_resnet32x4 (CRD's pair), wrn_<depth>_<k> (e.g. wrn_16_2, wrn_28_4, wrn_40_2),
+  cifar_resnet8x4 / cifar_resnet32x4 (CRD's pair), cifar_resnet50 (CRD's bottleneck ResNet-50 teacher,
+  torchvision's with a 32 px stem), wrn_<depth>_<k> (e.g. wrn_16_2, wrn_28_4, wrn_40_2),
   cifar_mobilenet_v2_x0_5 (CRD's MobileNetV2 student; _x1_0 too), cifar_shufflenet_v1,
   cifar_shufflenet_v2 (= _x1_0; _x0_5 / _x1_5 / _x2_0), pyramidnet<depth>_a<alpha>[_bottleneck]
   (OFD's pyramidnet200_a240_bottleneck teacher and pyramidnet110_a84 student);
@@ -26,7 +27,7 @@ from torch import nn
 
 from mgd.features import StageSpec
 
-from .cifar import CifarResNet, WideResNet
+from .cifar import CifarResNet, WideResNet, cifar_bottleneck_resnet50
 from .cifar_mobilenet import CifarMobileNetV2
 from .cifar_shufflenet import SHUFFLENET_V2_WIDTHS, CifarShuffleNetV1, CifarShuffleNetV2
 from .mobilenet_v1 import MobileNetV1
@@ -48,7 +49,7 @@ _PYRAMIDNET = re.compile(r"^pyramidnet(\d+)_a(\d+)(_bottleneck)?$")
 #: Prefix of the timm models' names (``timm/resnet50``, ``timm/mobilenetv3_large_100``).
 TIMM_PREFIX = "timm/"
 ARCH_NAMES = _TORCHVISION + ["shufflenet_v2", "mobilenet_v1", "cifar_resnet<depth>[_w<width>]", "cifar_resnet<depth>x4",
-                             "wrn_<depth>_<k>", "cifar_mobilenet_v2_x0_5", "cifar_mobilenet_v2_x1_0",
+                             "cifar_resnet50", "wrn_<depth>_<k>", "cifar_mobilenet_v2_x0_5", "cifar_mobilenet_v2_x1_0",
                              "cifar_shufflenet_v1", "cifar_shufflenet_v2[_x0_5|_x1_0|_x1_5|_x2_0]",
                              "pyramidnet<depth>_a<alpha>[_bottleneck]", "timm/<any timm CNN>"]
 
@@ -57,6 +58,7 @@ _DEFAULT_TEACHERS = {"mobilenet_v1": "resnet50", "mobilenet_v2": "resnet50", "re
                      # the CIFAR tables' pairs: CRD / DKD (resnet32x4 -> resnet8x4, ShuffleNetV1/V2), OFD (e-f)
                      "cifar_resnet8x4": "cifar_resnet32x4", "cifar_shufflenet_v1": "cifar_resnet32x4",
                      "cifar_shufflenet_v2_x1_0": "cifar_resnet32x4",
+                     "cifar_mobilenet_v2_x0_5": "cifar_resnet50",  # CRD's ResNet-50 -> MobileNetV2 row
                      "pyramidnet110_a84": "pyramidnet200_a240_bottleneck"}
 
 
@@ -71,6 +73,8 @@ def build_model(arch: str, num_classes: int) -> nn.Module:
         return getattr(torchvision.models, arch)(weights=None, num_classes=num_classes)
     if arch == "mobilenet_v1":
         return MobileNetV1(num_classes)
+    if arch == "cifar_resnet50":  # a bottleneck ResNet (CRD's), not a 6n+2 one of basic blocks
+        return cifar_bottleneck_resnet50(num_classes)
     m = _CIFAR_RESNET.match(arch)
     if m:
         if m.group(3):  # CRD's x4: a 32-channel stem, stages 64-128-256
@@ -124,7 +128,7 @@ def default_teacher(arch: str) -> Optional[str]:
     if arch in _DEFAULT_TEACHERS:
         return _DEFAULT_TEACHERS[arch]
     m = _CIFAR_RESNET.match(arch)
-    if m and not m.group(3):
+    if m and not m.group(3) and arch != "cifar_resnet50":
         return f"cifar_resnet{m.group(1)}_w{int(m.group(2) or 16) * 4}"
     m = _WRN.match(arch)
     if m:

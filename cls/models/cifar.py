@@ -7,6 +7,9 @@
   and shapes are those of RepDistiller's CIFAR ResNets (conv1, bn1, layer1-3 of conv1/bn1/conv2/bn2/downsample
   blocks, fc), so its state dicts load.
 * ``WideResNet``: Zagoruyko & Komodakis' pre-activation WRN-d-k (three stages, widths 16k-32k-64k).
+* ``cifar_bottleneck_resnet50``: CRD's CIFAR ResNet-50 teacher (RepDistiller ``models/resnetv2.py``, KD++'s
+  ``CIFAR/Models/resnetv2_cifar.py``, the ResNet-50 -> MobileNetV2 row): torchvision's ResNet-50 with a 3x3
+  stride-1 stem and no max-pool, the rest (bottlenecks with the stride on the 3x3, four stages) unchanged.
 
 Each class documents its distillation positions in ``stage_specs()`` (pre-ReLU tensors, the BN that
 produces them), so the library captures them with hooks; the forwards are ordinary.
@@ -17,13 +20,14 @@ from typing import List, Optional
 
 import torch
 from torch import nn
+import torchvision
 from torchvision.models.resnet import BasicBlock
 
 from mgd.features import StageSpec, residual_stages
 
 from .common import init_weights
 
-__all__ = ["CifarResNet", "WideResNet"]
+__all__ = ["CifarResNet", "WideResNet", "cifar_bottleneck_resnet50"]
 
 
 class CifarResNet(nn.Module):
@@ -125,3 +129,14 @@ class WideResNet(nn.Module):
         return [StageSpec("block2.0.relu1", capture="input", bn="block2.0.bn1"),
                 StageSpec("block3.0.relu1", capture="input", bn="block3.0.bn1"),
                 StageSpec("relu", capture="input", bn="bn")]
+
+
+def cifar_bottleneck_resnet50(num_classes: int) -> torchvision.models.ResNet:
+    """torchvision's ResNet-50 for 32 px inputs: ``conv1`` a 3x3 stride-1 convolution, no max-pool, so the
+    four stages see 32, 16, 8 and 4 px, as in CRD's ``ResNet50`` (RepDistiller ``models/resnetv2.py``).
+    Still a torchvision ``ResNet``: the library's built-in stage positions apply."""
+    model = torchvision.models.resnet50(weights=None, num_classes=num_classes)
+    model.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+    nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
+    model.maxpool = nn.Identity()
+    return model

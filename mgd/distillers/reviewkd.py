@@ -5,8 +5,8 @@ The student's stage features (pre-activation, as the authors' ``preact=True``) a
 student feature to a middle width, fuses it with the upsampled residual of the deeper position through a
 2-channel sigmoid attention, and maps it to the teacher's width (Sec. 3.2, Fig. 3); the hierarchical context
 loss (:func:`mgd.losses.hcl_loss`) compares each output with the teacher's feature at that position.
-Loss: CE + min(epoch / warmup, 1) * weight * HCL, with the authors' CIFAR-100 weight 5 and mdistiller's
-20-epoch warm-up (ImageNet: weight 1 for ResNet-34 -> ResNet-18, 8 for ResNet-50 -> MobileNet-V1, whose
+Loss: CE + min(epoch / warmup, 1) * weight * HCL, epochs counted from 0 as the authors' CIFAR-100
+``train.py`` (and KD++'s ReviewKD++; mdistiller counts from 1), with their weight 5 and 20-epoch warm-up (ImageNet: weight 1 for ResNet-34 -> ResNet-18, 8 for ResNet-50 -> MobileNet-V1, whose
 middle width they set to 256). ``nd_weight`` > 0 adds KD++'s ND term on the embeddings: ReviewKD++.
 """
 from __future__ import annotations
@@ -133,7 +133,7 @@ class ReviewKDDistiller(NDTerm, Distiller):
     def losses(self, s_feats, t_feats, s_out, t_out, target):
         teacher = [self._as_map(t) for t in t_feats]
         # mdistiller counts the epochs from 1; KD++'s ReviewKD++/train_reviewkd.py from 0
-        ramp = linear_warmup(self.epoch, self.warmup_epochs, one_based=not self.nd_weight > 0)
+        ramp = linear_warmup(self.epoch, self.warmup_epochs, one_based=False)  # the authors' and KD++'s count
         out = {"reviewkd": ramp * self.weight * hcl_loss(self.review(s_feats, t_feats), teacher)}
         if self.nd_weight > 0:
             out["nd"] = self.nd_term(s_feats[-1], t_feats[-1], target)

@@ -2,7 +2,8 @@
 
 A config is a command line written down: ``lr: 0.1``, ``mgd-update-freq: 1`` (or ``mgd_update_freq``),
 ``arch: mobilenet_v1``, ``data: /path`` for the positional argument. Two keys are not flags: ``_base_`` (a
-config, relative to this one, whose values this one extends and overrides: a paper's common recipe) and
+config, relative to this one, whose values this one extends and overrides: a paper's common recipe; or a list
+of them, each overriding the ones before it, e.g. a schedule and a method's settings) and
 ``_meta_`` (where the recipe comes from and what the paper measured; read by ``configs/table.py``). Flags given on the command line override
 the file, so every original command line keeps working with or without one. ``--print-config`` prints the
 merged settings as YAML, each with where it came from (the file, the command line, the default), and exits;
@@ -71,7 +72,7 @@ def _convert(action: argparse.Action, value: Any, where: str) -> Any:
 
 
 def load_yaml(path: str, chain: Tuple[str, ...] = ()) -> Dict[str, Any]:
-    """The file's mapping over its ``_base_`` chain (the base first, this file's keys overriding), ``_meta_``
+    """The file's mapping over its ``_base_`` chain (the bases first, in order, this file's keys overriding), ``_meta_``
     from this file alone; UserError for a missing file, bad YAML, a non-mapping or a cycle."""
     import yaml
 
@@ -90,10 +91,12 @@ def load_yaml(path: str, chain: Tuple[str, ...] = ()) -> Dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise UserError(f"--config: {path} must map flag names to values, got a {type(data).__name__}")
-    base = data.pop("_base_", None)
-    if base is None:
+    bases = data.pop("_base_", None)
+    if bases is None:
         return data
-    merged = load_yaml(os.path.join(os.path.dirname(path), str(base)), chain + (os.path.realpath(path),))
+    merged: Dict[str, Any] = {}
+    for base in bases if isinstance(bases, list) else [bases]:  # a list: each extends the ones before it
+        merged.update(load_yaml(os.path.join(os.path.dirname(path), str(base)), chain + (os.path.realpath(path),)))
     merged.pop("_meta_", None)
     return {**merged, **data}
 

@@ -7,16 +7,18 @@ import pytest
 import torch
 
 from cls.models import build_model
-from cls_runs import STUDENT, TEACHER, common, differing_tensors, full_and_resumed, mgd_args, records, run
+from cls_runs import (STUDENT, TEACHER, common, differing_tensors, full_and_resumed, mgd_args, records, run,
+                      run_here)
+from mgd.engine import UserError
 from scripts import run_script
 from tiny_models import randomize_bn
 
 def test_base_trains_one_epoch_and_exports_a_plain_state_dict(image_folder, tmp_path):
     out = tmp_path / "base"
-    run("main_base.py", *common(image_folder, out))
+    run_here("main_base.py", *common(image_folder, out))
     epochs = [r for r in records(out) if "epoch" in r]
     assert len(epochs) == 1 and 0 <= epochs[0]["top1"] <= 100 and epochs[0]["train_ce"] > 0
-    run("main_base.py", *common(image_folder, out), "--overwrite")  # a fresh run into the same folder: its own log
+    run_here("main_base.py", *common(image_folder, out), "--overwrite")  # a fresh run into the same folder: its own log
     assert len([r for r in records(out) if "epoch" in r]) == 1
     aside = [f for f in os.listdir(out) if f.startswith("previous-")]  # the first run, moved aside
     assert len(aside) == 1 and {"last.pth", "log.jsonl", "student.pth"} <= set(os.listdir(out / aside[0]))
@@ -54,11 +56,11 @@ def test_mgd_ddp_two_gloo_processes_agree_on_the_matching(image_folder, teacher_
 
 def test_interrupted_and_resumed_run_equals_uninterrupted(image_folder, teacher_weights, tmp_path):
     full, part = tmp_path / "full", tmp_path / "part"
-    run("main_mgd.py", *mgd_args(image_folder, full, teacher_weights, epochs=3), "--mgd-reducer", "rd")
-    run("main_mgd.py", *mgd_args(image_folder, part, teacher_weights, epochs=2), "--mgd-reducer", "rd")
+    run_here("main_mgd.py", *mgd_args(image_folder, full, teacher_weights, epochs=3), "--mgd-reducer", "rd")
+    run_here("main_mgd.py", *mgd_args(image_folder, part, teacher_weights, epochs=2), "--mgd-reducer", "rd")
     resumed = mgd_args(image_folder, part, teacher_weights, epochs=3)
     resumed[resumed.index("-j") + 1] = 2  # other loader workers: the same crops (seeded per image)
-    run("main_mgd.py", *resumed, "--mgd-reducer", "rd", "--resume", part / "last.pth")
+    run_here("main_mgd.py", *resumed, "--mgd-reducer", "rd", "--resume", part / "last.pth")
     a = torch.load(full / "last.pth", weights_only=True)
     b = torch.load(part / "last.pth", weights_only=True)
     assert a["epoch"] == b["epoch"] == 3
@@ -124,15 +126,16 @@ def test_linear_evaluation_of_a_pretrained_backbone(image_folder, tmp_path):
     backbone = {k: v for k, v in randomize_bn(build_model(STUDENT, 3)).state_dict().items() if not k.startswith("fc.")}
     torch.save(backbone, tmp_path / "backbone.pth")
     out = tmp_path / "lin"
-    run("main_base.py", *common(image_folder, out), "--pretrained-backbone", tmp_path / "backbone.pth", "--linear-eval")
+    run_here("main_base.py", *common(image_folder, out), "--pretrained-backbone", tmp_path / "backbone.pth", "--linear-eval")
     trained = torch.load(out / "student.pth", weights_only=True)
     for k, v in backbone.items():
         assert torch.equal(trained[k], v), f"{k} changed during linear evaluation"
     assert trained["fc.weight"].abs().sum() > 0 and len([r for r in records(out) if "epoch" in r]) == 1
 
 
-#: flags a method needs on the tiny set (48 training images: CRD draws fewer negatives than that)
-METHOD_FLAGS = {"crd": ["--crd-num-negatives", 8], "kd++": ["--nd-weight", 1], "dkd++": ["--nd-weight", 1]}
+#: flags a method needs on the tiny set (48 training images: CRD draws fewer negatives than that) and in one epoch
+METHOD_FLAGS = {"crd": ["--crd-num-negatives", 8], "kd++": ["--nd-weight", 1], "dkd++": ["--nd-weight", 1],
+                "reviewkd": ["--reviewkd-warmup-epochs", 0]}  # its authors' ramp gives epoch 0 no weight
 
 
 @pytest.mark.parametrize("method,part", [("ofd", "train_ofd"), ("kd", "train_kd"), ("at", "train_at"),
@@ -142,25 +145,25 @@ METHOD_FLAGS = {"crd": ["--crd-num-negatives", 8], "kd++": ["--nd-weight", 1], "
 def test_every_distiller_trains_one_epoch_and_resumes(method, part, image_folder, teacher_weights, tmp_path):
     out = tmp_path / method
     flags = ["--distiller", method.rstrip("+"), *METHOD_FLAGS.get(method, [])]
-    run("main_mgd.py", *mgd_args(image_folder, out, teacher_weights), *flags)
+    run_here("main_mgd.py", *mgd_args(image_folder, out, teacher_weights), *flags)
     first = [r for r in records(out) if "epoch" in r]
     assert len(first) == 1 and first[0][part] > 0 and first[0]["train_ce"] > 0
     ckpt = torch.load(out / "last.pth", weights_only=True)
     assert ckpt["method"] == method.rstrip("+")
-    run("main_mgd.py", *mgd_args(image_folder, out, teacher_weights, epochs=2), *flags, "--resume", out / "last.pth")
+    run_here("main_mgd.py", *mgd_args(image_folder, out, teacher_weights, epochs=2), *flags, "--resume",
+             out / "last.pth")
     assert [r["epoch"] for r in records(out) if "epoch" in r] == [0, 1]
     assert not [r for r in records(out) if r.get("event") == "matching"]  # only MGD matches channels
-    wrong = run("main_mgd.py", *mgd_args(image_folder, out, teacher_weights, epochs=3), "--resume",
-                out / "last.pth", check=False)  # an MGD run cannot resume another method's checkpoint
-    assert wrong.returncode == 2 and "not a mgd checkpoint" in wrong.stderr
+    with pytest.raises(UserError, match="not a mgd checkpoint"):  # an MGD run cannot resume another method's
+        run_here("main_mgd.py", *mgd_args(image_folder, out, teacher_weights, epochs=3), "--resume", out / "last.pth")
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_mgd_one_epoch_with_amp(dtype, image_folder, teacher_weights, tmp_path):
     """--amp on the CPU: autocast for the networks (float16 with a GradScaler), losses in float32."""
     out = tmp_path / dtype
-    run("main_mgd.py", *mgd_args(image_folder, out, teacher_weights), "--amp", "--amp-dtype", dtype,
-        "--channels-last", "--mgd-with-kd", "1")
+    run_here("main_mgd.py", *mgd_args(image_folder, out, teacher_weights), "--amp", "--amp-dtype", dtype,
+             "--channels-last", "--mgd-with-kd", "1")
     epochs = [r for r in records(out) if "epoch" in r]
     assert len(epochs) == 1
     for key in ("train_distill", "train_kd", "train_ce"):
@@ -173,7 +176,7 @@ def test_mgd_one_epoch_with_amp(dtype, image_folder, teacher_weights, tmp_path):
 
 def test_resuming_with_other_method_options_is_one_line_and_exit_2(image_folder, teacher_weights, tmp_path):
     out = tmp_path / "first"
-    run("main_mgd.py", *mgd_args(image_folder, out, teacher_weights))
+    run_here("main_mgd.py", *mgd_args(image_folder, out, teacher_weights))
     other_teacher = tmp_path / "t32.pth"
     torch.save(build_model("cifar_resnet8_w32", 3).state_dict(), other_teacher)
     teachers = "--teacher-arch cifar_resnet8_w16, this run has --teacher-arch cifar_resnet8_w32"
@@ -243,7 +246,7 @@ def test_reviewkd_drops_a_last_batch_of_one_that_its_deepest_fusion_cannot_train
     drops that batch and the epoch trains."""
     argv = common(image_folder, tmp_path / "reviewkd") + ["--teacher-arch", TEACHER, "--teacher-resume",
                                                           teacher_weights, "-b", 47, "--distiller", "reviewkd"]
-    run("main_mgd.py", *argv)
+    run_here("main_mgd.py", *argv)
     assert [r["epoch"] for r in records(tmp_path / "reviewkd") if "epoch" in r] == [0]
 
 

@@ -1,21 +1,20 @@
-"""configs/: every recipe parses through its script's own flags and round-trips through --print-config; the
-CIFAR-scale rows train one tiny epoch; README's recipes table is the one configs/table.py generates."""
-import glob
+"""configs/: every recipe parses through its script's own flags and round-trips through --print-config; every
+classification row trains one tiny epoch with its method, pair and options as they are; README's recipes
+table is the one configs/table.py generates."""
 import os
+import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from cls.models import build_model
 from cls_runs import records
+from recipes import TeacherWeights, all_configs, row_id, rows
 from scripts import ROOT
-from tiny_models import randomize_bn
 
-CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*", "*.yaml")))
-#: Rows whose teacher is small enough to write and run here (the ImageNet and PyramidNet-200 teachers are not).
-TINY_RUNS = [c for c in CONFIGS if os.path.basename(c).startswith(("ofd_cifar100_", "kdpp_cifar100_",
-                                                                    "dkdpp_cifar100_"))
-             and not c.endswith(("_base.yaml", "_e.yaml", "_f.yaml"))]
+CLS_ROWS = rows("cls")
 
 
 def parser_for(path):
@@ -30,12 +29,18 @@ def parser_for(path):
     return main_moco_mgd.get_parser(), ["DATA", "--teacher-resume", "T"]
 
 
-def test_there_are_recipes_for_each_application():
-    folders = {os.path.basename(os.path.dirname(c)) for c in CONFIGS}
-    assert folders == {"cls", "seg", "unsup"} and len(TINY_RUNS) == 14
+def test_there_are_recipes_for_each_application_and_every_paper():
+    folders = {os.path.basename(os.path.dirname(c)) for c in all_configs()}
+    assert folders == {"cls", "seg", "unsup"}
+    families = {row_id(c).split("_")[0] for c in CLS_ROWS}
+    assert families == {"kd", "kdpp", "dist", "distpp", "dkd", "dkdpp", "reviewkd", "reviewkdpp", "crd", "ofd",
+                        "mgd", "framework"}
+    # the KD++ table: 6 CIFAR pairs x 8 methods, 2 ImageNet pairs x 7 and 2 ViT teachers x 4
+    assert len([c for c in CLS_ROWS if "_cifar100_" in c and not row_id(c).startswith(("ofd", "framework"))]) == 48
+    assert len([c for c in CLS_ROWS if "_imagenet_vit" in c]) == 8
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: os.path.relpath(p, ROOT))
+@pytest.mark.parametrize("path", all_configs(), ids=lambda p: os.path.relpath(p, ROOT))
 def test_every_config_parses_and_its_printed_settings_give_the_same_run(path, tmp_path, capsys):
     parser, argv = parser_for(path)
     args = parser.parse_args([*argv, "--config", path])
@@ -49,30 +54,50 @@ def test_every_config_parses_and_its_printed_settings_give_the_same_run(path, tm
 
 
 @pytest.fixture(scope="module")
+def few_images(image_folder, tmp_path_factory):
+    """The first four training and one validation image of each class: two steps of 6 images per tiny run."""
+    root = tmp_path_factory.mktemp("few")
+    for split, count in (("train", 4), ("valid", 1)):
+        for folder in sorted((image_folder / split).iterdir()):
+            (root / split / folder.name).mkdir(parents=True)
+            for image in sorted(folder.iterdir())[:count]:
+                shutil.copy(image, root / split / folder.name / image.name)
+    return root
+
+
+@pytest.fixture(scope="module")
 def teachers(tmp_path_factory):
-    """Random teacher weights (BN statistics like a trained network's) for every teacher the tiny rows name."""
-    from cls import main_mgd
-    root = tmp_path_factory.mktemp("teachers")
-    paths = {}
-    for path in TINY_RUNS:
-        arch = main_mgd.get_parser().parse_args(["DATA", "--config", path]).teacher_arch
-        if arch not in paths:
-            torch.manual_seed(0)
-            paths[arch] = root / f"{arch}.pth"
-            torch.save(randomize_bn(build_model(arch, 3)).state_dict(), paths[arch])
-    return paths
+    return TeacherWeights(tmp_path_factory.mktemp("teachers"), lambda arch: build_model(arch, 3))
 
 
-@pytest.mark.parametrize("path", TINY_RUNS, ids=os.path.basename)
-def test_each_cifar_row_trains_one_tiny_epoch(path, image_folder, teachers, tmp_path):
+def few(args):
+    """Whether a row's tiny run takes the few images (CIFAR rows, and ViT teachers at 224 px), or the 48 of
+    image_folder (the ImageNet CNN rows: their random deep teachers make one step too large for 12 images)."""
+    return args.input_size == 32 or args.teacher_arch.startswith("timm/vit")
+
+
+def tiny_run_flags(args):
+    """What a tiny run overrides: the data, the size of the run and nothing of the method's recipe (CRD's
+    negatives are bounded by the training images; a ViT teacher takes 224 px only)."""
+    vit = args.teacher_arch.startswith("timm/vit")
+    flags = ["--dataset", "imagefolder", "--input-size", "224" if vit else "16", "-b", "6" if few(args) else "16",
+             "--epochs", "1", "--warmup", "0", "-j", "0", "--seed", "0"]
+    if args.distiller in ("mgd", "sm"):
+        flags += ["--mgd-update-images", "6"]
+    if args.distiller == "crd":
+        flags += ["--crd-num-negatives", "4"]
+    return flags
+
+
+@pytest.mark.parametrize("path", CLS_ROWS, ids=row_id)
+def test_each_row_trains_one_tiny_epoch(path, image_folder, few_images, teachers, tmp_path):
     """The row's method, pair and options as they are; only the data, the size of the run and the teacher's
     weights are overridden (the command line wins over the file)."""
     from cls import main_mgd
-    arch = main_mgd.get_parser().parse_args(["DATA", "--config", path]).teacher_arch
+    args = main_mgd.get_parser().parse_args(["DATA", "--config", path])
     out = tmp_path / "run"
-    main_mgd.main([str(image_folder), "--config", path, "--dataset", "imagefolder", "--input-size", "16", "-b", "16",
-                   "--epochs", "1", "-j", "0", "--seed", "0", "--teacher-resume", str(teachers[arch]),
-                   "--output-dir", str(out), "--mgd-update-images", "16"])
+    main_mgd.main([str(few_images if few(args) else image_folder), "--config", path, *tiny_run_flags(args),
+                   "--teacher-resume", str(teachers[args.teacher_arch]), "--output-dir", str(out)])
     (epoch,) = [r for r in records(out) if "epoch" in r]
     terms = [k for k in epoch if k.startswith("train_") and k != "train_ce"]
     assert terms and all(epoch[k] == epoch[k] for k in terms)  # the method's terms, finite (not NaN)
@@ -80,8 +105,6 @@ def test_each_cifar_row_trains_one_tiny_epoch(path, image_folder, teachers, tmp_
 
 
 def test_the_readme_recipes_table_is_the_generated_one():
-    import subprocess
-    import sys
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "configs", "table.py"), "--check"],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
@@ -96,7 +119,8 @@ def test_the_feature_methods_train_a_pair_whose_stages_reduce_differently(method
     main_mgd.main([str(image_folder), "-a", "cifar_shufflenet_v2_x1_0", "--teacher-arch", "cifar_resnet32x4",
                    "--teacher-resume", str(teachers["cifar_resnet32x4"]), "--distiller", method, "--input-size", "32",
                    "-b", "16", "--epochs", "1", "-j", "0", "--seed", "0", "--output-dir", str(out),
-                   "--mgd-update-images", "16"])
+                   *(["--mgd-update-images", "16"] if method == "mgd" else []),
+                   *(["--reviewkd-warmup-epochs", "0"] if method == "reviewkd" else [])])  # epoch 0: full weight
     (epoch,) = [r for r in records(out) if "epoch" in r]
     terms = [k for k in epoch if k.startswith("train_") and k != "train_ce"]
     assert terms and all(epoch[k] > 0 for k in terms)

@@ -105,7 +105,22 @@ def test_names_defaults_and_errors():
     assert default_teacher("cifar_resnet8x4") == "cifar_resnet32x4" and default_teacher("cifar_resnet32x4") is None
     assert default_teacher("cifar_shufflenet_v2") == default_teacher("cifar_shufflenet_v1") == "cifar_resnet32x4"
     assert default_teacher("pyramidnet110_a84") == "pyramidnet200_a240_bottleneck"
+    assert default_teacher("cifar_mobilenet_v2_x0_5") == "cifar_resnet50" and default_teacher("cifar_resnet50") is None
     for bad, match in (("pyramidnet12_a84", "6n\\+2"), ("pyramidnet100_a84_bottleneck", "9n\\+2"),
                        ("cifar_shufflenet_v2_x3_0", "valid:"), ("cifar_resnet8x2", "valid:")):
         with pytest.raises(ValueError, match=match):
             build_model(bad, 10)
+
+
+def test_crd_cifar_resnet50_is_torchvisions_with_a_32px_stem():
+    """CRD's ResNet-50 teacher of the ResNet-50 -> MobileNetV2 row: 23.71M parameters at 100 classes (CRD's
+    table), four stages at 32-16-8-4 px on a 32 px input, found by the library's torchvision positions."""
+    from mgd.features.builtin import builtin_stages
+    model = randomize_bn(build_model("cifar_resnet50", 100)).eval()
+    assert round(sum(p.numel() for p in model.parameters()) / 1e6, 2) == 23.71
+    hooks = HookFeatures(model, builtin_stages(model))
+    with torch.no_grad():
+        feats, out = hooks(model, torch.randn(2, 3, 32, 32))
+    hooks.close()
+    assert out.shape == (2, 100) and [f.shape[-1] for f in feats] == [32, 16, 8, 4]
+    assert [f.shape[1] for f in feats] == [256, 512, 1024, 2048] and all((f < 0).any() for f in feats)

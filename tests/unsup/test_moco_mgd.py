@@ -15,6 +15,7 @@ from mgd.engine import UnreadableImage
 from mgd.engine import data as engine_data
 from mgd.engine import loop as engine_loop
 from mgd.engine.data import epoch_order
+from recipes import row_id, rows
 from scripts import run_script
 from unsup import main_moco_mgd
 from unsup.moco import MoCo
@@ -270,7 +271,7 @@ def test_every_feature_method_pretrains_and_resumes_under_its_own_name(method, t
     """--distiller takes any registered feature method, not only MGD: its term is logged and checkpointed under
     its name, and a resume with another method is one line."""
     out = tmp_path / method
-    run(*args_for(data, out), "--distiller", method)
+    main_moco_mgd.main([str(a) for a in args_for(data, out)] + ["--distiller", method])  # in this process
     with open(out / "log.jsonl") as f:
         (epoch,) = [r for r in map(json.loads, f) if "epoch" in r]
     assert epoch[term] > 0 and {k for k in epoch if k.startswith("loss_")} == {"loss_contrastive", term}
@@ -280,3 +281,22 @@ def test_every_feature_method_pretrains_and_resumes_under_its_own_name(method, t
     other = run(*args_for(data, out, epochs=2), "--resume", out / "checkpoint_last.pth.tar", check=False)
     assert other.returncode == 2 and f"was written with --distiller {method}, this run has --distiller mgd" in \
         other.stderr, other.stderr
+
+
+@pytest.mark.parametrize("path", rows("unsup"), ids=row_id)
+def test_each_recipe_row_pretrains_one_tiny_epoch(path, data, tmp_path):
+    """configs/unsup: the row's student, teacher, method and MoCo-v2 settings as they are; the data, the input
+    size, the batch, the queue and the teacher's (random) weights overridden."""
+    args = main_moco_mgd.get_parser().parse_args(["DATA", "--config", path, "--teacher-resume", "T"])
+    torch.manual_seed(0)
+    teacher = MoCo(getattr(torchvision.models, args.teacher_arch), dim=128, K=64, mlp=args.mlp)
+    weights = tmp_path / "teacher.pth.tar"
+    torch.save({"epoch": 200, "arch": args.teacher_arch,
+                "state_dict": {"module." + k: v for k, v in teacher.state_dict().items()}}, weights)
+    out = tmp_path / "run"
+    main_moco_mgd.main([str(data), "--config", path, "--teacher-resume", str(weights), "--input-size", "32",
+                        "-b", "8", "--moco-k", "64", "-j", "0", "--seed", "0", "--epochs", "1",
+                        "--mgd-update-images", "16", "--output-dir", str(out)])
+    with open(out / "log.jsonl") as f:
+        (epoch,) = [r for r in map(json.loads, f) if "epoch" in r]
+    assert epoch["loss_contrastive"] > 0 and epoch["loss_distill"] > 0 and math.isfinite(epoch["loss_distill"])

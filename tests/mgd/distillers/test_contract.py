@@ -250,6 +250,28 @@ def test_reviewkd_reviews_the_students_post_relu_stages_with_student_preact_0():
     pre.close(), post.close()
 
 
+def test_reviewkd_ramps_its_term_in_counting_epochs_from_0_as_its_authors():
+    """dvlab-research/ReviewKD CIFAR-100/train.py: min(1, epoch / kd_warm_up), epoch from 0 (KD++'s ReviewKD++
+    the same), with or without the ND term."""
+    torch.manual_seed(0)
+    teacher, student = randomize_bn(tiny_resnet(True)), tiny_resnet(False)
+    x, y = torch.randn(10, 3, 32, 32), torch.arange(10)  # every class, for ReviewKD++'s class means
+    full = build_distiller("reviewkd", teacher, student, warmup_epochs=0).eval()
+    for nd_weight in (0.0, 1.0):
+        d = build_distiller("reviewkd", teacher, student, nd_weight=nd_weight).eval()  # warm-up 20
+        d.abfs.load_state_dict(full.abfs.state_dict())
+        if nd_weight:
+            d.prepare([(x, y)])
+        for epoch, ramp in ((0, 0.0), (10, 0.5), (40, 1.0)):
+            d.set_epoch(epoch)
+            full.set_epoch(epoch)
+            with torch.no_grad():
+                term, expected = d.forward_train(x, y)[1]["reviewkd"], full.forward_train(x, y)[1]["reviewkd"]
+            torch.testing.assert_close(term, ramp * expected)
+        d.close()
+    full.close()
+
+
 def test_reviewkd_fuses_from_the_deepest_position_up_to_the_teachers_shapes():
     from mgd.losses import hcl_loss
     torch.manual_seed(0)

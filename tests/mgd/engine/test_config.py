@@ -62,3 +62,21 @@ def test_a_bad_key_or_value_is_one_line_naming_the_file(tmp_path, text, message)
     with pytest.raises(UserError) as exc:
         parser().parse_args(["DATA", "--config", str(path)])
     assert message in str(exc.value) and str(path) in str(exc.value)
+
+
+def test_a_config_extends_its_bases_in_order_and_only_its_own_meta_is_kept(tmp_path):
+    from mgd.engine.config import load_yaml
+    write(tmp_path, "_meta_: {paper: schedule}\nlr: 0.1\nepochs: 240\nwd: 0.0005\n", "schedule.yaml")
+    write(tmp_path, "_meta_: {paper: method}\ndistiller: dkd\ndkd-beta: 8.0\nlr: 0.05\n", "method.yaml")
+    row = write(tmp_path, "_base_: [schedule.yaml, method.yaml]\n_meta_: {paper: row}\ndkd-beta: 2.0\n")
+    assert load_yaml(str(row)) == {"lr": 0.05, "epochs": 240, "wd": 0.0005, "distiller": "dkd", "dkd-beta": 2.0,
+                                   "_meta_": {"paper": "row"}}  # the later base wins, the row over both
+    args = parser().parse_args(["DATA", "--config", str(row)])
+    assert (args.lr, args.epochs, args.distiller, args.dkd_beta) == (0.05, 240, "dkd", 2.0)
+    write(tmp_path, "_base_: recipe.yaml\nlr: 0.2\n", "loop.yaml")
+    write(tmp_path, "_base_: loop.yaml\n")
+    with pytest.raises(UserError, match="is its own _base_"):
+        load_yaml(str(tmp_path / "recipe.yaml"))
+    write(tmp_path, "_base_: [schedule.yaml, missing.yaml]\n")
+    with pytest.raises(UserError, match=r"missing.yaml not found \(the _base_ of"):
+        load_yaml(str(tmp_path / "recipe.yaml"))
