@@ -1,5 +1,6 @@
-"""Compare distillers on Fashion-MNIST on the same footing: student alone, KD, AT, SP, OFD, KD++ (ND),
-MGD-AMP and MGD-AMP + KD, over several seeds; prints and writes a markdown table of mean +- std top-1.
+"""Compare distillers on Fashion-MNIST on the same footing: student alone, KD, AT, SP, OFD, KD++ (ND), DKD,
+DIST, ReviewKD and their "++", CRD, FitNet, CWD, Masked GD, KD+LS, DKD+LS, MGD-AMP and MGD-AMP + KD, over
+several seeds; prints and writes a markdown table of mean +- std top-1.
 
     python benchmarks/compare_distillers.py --source <folder with the Fashion-MNIST *-ubyte.gz files>
 
@@ -10,7 +11,9 @@ resnet8x4, shrunk to fit a 2-core CPU). Budget per run: the demo's (a fixed 15,0
 teacher is trained once (seed 0) and shared with `make demo`'s cache. Two runs at a time, one thread each.
 Each method's weights are its paper's defaults (KD alpha 0.9, T 4; AT beta 1000; SP gamma 3000; KD++: CE +
 KD (T 4) + ND weight 1; DKD alpha 1, beta 8, T 4; DIST weight 2; ReviewKD weight 5; CRD weight 0.8, 4096
-negatives: the paper's 16384 exceed the 15,000 training images); MGD and OFD use loss factor 1e4. The
+negatives: the paper's 16384 exceed the 15,000 training images; FitNet weight 100 on the second stage; CWD
+tau 1, weight 5 on the stage features; Masked GD alpha 7e-5, lambda 0.15, channel masks on the last stage;
+KD+LS weight 9 at T 2, DKD+LS alpha 9, beta 72, T 2); MGD and OFD use loss factor 1e4. The
 warm-ups are scaled to the budget: the authors ramp over 20 of 240 CIFAR epochs, here over 1 of 4 (DKD
 and ReviewKD at full weight from the first epoch, KD++'s KD from the second, as its 0-based ramp does).
 Runs of one seed share the data order and the student's initial weights, so the table also gives each
@@ -46,6 +49,11 @@ METHODS = {
     "ReviewKD++": ("main_mgd.py", ["--distiller", "reviewkd", "--reviewkd-warmup-epochs", "1", "--nd-weight", "1"]),
     # 4096 negatives: the paper's 16384 are more than the 15,000 training images of this budget
     "CRD": ("main_mgd.py", ["--distiller", "crd", "--crd-num-negatives", "4096"]),
+    "FitNet": ("main_mgd.py", ["--distiller", "fitnet"]),
+    "CWD": ("main_mgd.py", ["--distiller", "cwd"]),
+    "Masked GD": ("main_mgd.py", ["--distiller", "masked_generative"]),
+    "KD+LS": ("main_mgd.py", ["--distiller", "kd", "--logit-standardize", "1"]),
+    "DKD+LS": ("main_mgd.py", ["--distiller", "dkd", "--dkd-warmup-epochs", "1", "--logit-standardize", "1"]),
     "MGD-AMP": ("main_mgd.py", ["--distiller", "mgd", "--mgd-reducer", "amp"]),
     "MGD-AMP + KD": ("main_mgd.py", ["--distiller", "mgd", "--mgd-reducer", "amp", "--mgd-with-kd", "1"]),
     # the loss factor's evidence (README, "--loss-factor auto"): fixed factors against the calibrated one

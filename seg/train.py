@@ -89,8 +89,9 @@ def get_parser() -> argparse.ArgumentParser:
     add_launch_arguments(p)
     add_precision_arguments(p)
     add_run_arguments(p)
-    # no classifier embedding for KD++'s ND term, and without it KD has no KD++ weight or warm-up
-    add_method_arguments(p, dense_methods(), defaults={"loss_factor": OFD_SEG_LOSS_FACTOR},
+    # no classifier embedding for KD++'s ND term, and without it KD has no KD++ weight or warm-up; a method with
+    # per-task settings (an option "task") takes its segmentation ones
+    add_method_arguments(p, dense_methods(), defaults={"loss_factor": OFD_SEG_LOSS_FACTOR, "task": "segmentation"},
                          exclude=("nd_weight", "kd_weight", "warmup_epochs"))
     return p
 

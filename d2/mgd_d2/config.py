@@ -20,8 +20,9 @@ def feature_methods() -> List[str]:
 def logit_methods() -> List[str]:
     """The registered methods d2 distils on a Faster R-CNN box head's class logits of the sampled proposals:
     those with a teacher that read only the networks' outputs and the labels (``needs_features`` False): kd,
-    dkd, dist, and any other package's (not nd, KD++, which needs the classifiers' embeddings)."""
-    return registered_methods(needs_features=False, needs_teacher=True)
+    dkd, dist, and any other package's (not nd, KD++, which needs the classifiers' embeddings, nor a method
+    that reads a second student head, DeiT's)."""
+    return registered_methods(needs_features=False, needs_teacher=True, student_heads=1)
 
 
 def add_mgd_config(cfg: CN) -> None:

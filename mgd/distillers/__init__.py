@@ -7,6 +7,11 @@ registers them (:mod:`mgd.registry`).
 * ``kd`` (:mod:`.kd`), ``nd`` (:mod:`.nd`, KD++), ``dkd`` (:mod:`.dkd`), ``dist`` (:mod:`.dist`): the logit methods
   (:mod:`.logits`), each with KD++'s ND term as its "++" (:mod:`.nd_term`);
 * ``reviewkd`` (:mod:`.reviewkd`), ``crd`` (:mod:`.crd`);
+* ``fitnet`` (:mod:`.fitnet`), ``cwd`` (:mod:`.cwd`): FitNets' hints, channel-wise distillation for dense maps;
+* ``masked_generative`` (:mod:`.masked_generative`): Masked Generative Distillation (Yang et al., ECCV 2022), the
+  "MGD" of mmrazor and PaddleDetection, not this package's ``mgd``;
+* ``deit`` (:mod:`.deit`): DeiT's distillation token, and DeiT++ with the ND term;
+* every logit method takes ``logit_standardize`` (Sun et al., CVPR 2024; :mod:`mgd.losses.logit_standardization`);
 * ``none`` (:mod:`.none`): plain training behind the same contract.
 
 Adding a method is one file here (and its loss in :mod:`mgd.losses`), or a class of another package
@@ -28,8 +33,13 @@ from .ofd import OFDistiller
 from .partial_l2 import PartialL2Distiller
 from .reviewkd import ReviewKDDistiller
 from .sp import SPDistiller
+from .cwd import CWDistiller
+from .deit import DeiTDistiller
+from .fitnet import FitNetDistiller
+from .masked_generative import MaskedGenerativeDistiller
 
 __all__ = ["Distiller", "TrainableDistiller", "PartialL2Distiller", "LogitDistiller", "MGDistiller", "SMDistiller",
            "OFDistiller", "ATDistiller", "SPDistiller", "KDDistiller", "NDDistiller", "DKDDistiller", "DISTDistiller",
-           "ReviewKDDistiller", "CRDDistiller", "NoDistiller", "DISTILLERS", "build_distiller", "register_distiller",
+           "ReviewKDDistiller", "CRDDistiller", "NoDistiller", "FitNetDistiller", "CWDistiller",
+           "MaskedGenerativeDistiller", "DeiTDistiller", "DISTILLERS", "build_distiller", "register_distiller",
            "distiller_options", "option_default", "classifier_layer"]

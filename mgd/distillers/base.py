@@ -77,6 +77,9 @@ class Distiller(nn.Module):
     prepare_tracks_features: bool = False
     #: Whether :meth:`forward_train` needs ``indices=`` (each sample's index in the training set: CRD's memory).
     needs_indices: bool = False
+    #: The heads of the student's output the method reads: 1 for any classifier; 2 for a student that returns a
+    #: class head's and a distillation head's logits in training (DeiT's distillation token).
+    student_heads: int = 1
     #: The samples' dataset indices of the batch whose terms :meth:`compute_terms` computes (None outside it).
     _indices: Optional[torch.Tensor] = None
     #: The training epoch (0-based) announced by :meth:`set_epoch`: what warm-ups ramp on (None: never announced).

@@ -16,6 +16,10 @@ class DISTDistiller(LogitDistiller):
     """DIST: CE + ``weight`` (2) * :func:`~mgd.losses.dist_loss` (beta = gamma = tau = 1): the authors'
     ImageNet recipe; no warm-up. ``nd_weight`` > 0: DIST++.
 
+    ``logit_standardize`` z-scores both networks' logits before the softmax at ``tau``, with DIST's own weights:
+    our extension (the logit standardization authors apply it to KD, DKD, MLKD and CTKD, not to DIST, and give
+    no DIST setting).
+
     Args:
         beta: weight of the inter-class relation (1).
         gamma: weight of the intra-class relation (1).

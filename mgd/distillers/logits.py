@@ -9,6 +9,14 @@ The "++" recipe (KD++, Wang et al., ICCV 2023; the authors' CIFAR code, ``train_
 weight 1, the method's own term (KD: weight 1 and T 4, ramped in linearly over ``warmup_epochs``), and
 ``nd_weight`` * ND on the penultimate embeddings, the teacher's class means computed once by ``prepare``.
 
+Logit standardization (Sun et al., CVPR 2024; ``logit_standardize``, the shared flag ``--logit-standardize``) is a
+modifier of every logit method, as ``nd_weight`` is: both networks' logits are z-scored per sample
+(:func:`mgd.losses.logit_standardization.standardize_logits`) before the method's temperature softmax, and the
+methods take the authors' weights and base temperature where theirs differ (their ``tools/train.py``: kd's KD
+weight 9 at T 2 beside a cross-entropy of weight 1; dkd's alpha and beta times 9 at T 2). The authors apply it to
+KD, DKD (and MLKD, CTKD); on DIST it is our extension, with DIST's own weights. Off (the default), every method
+computes exactly what it computed before the option existed.
+
 Warm-ups follow the epoch the training loop announces with :meth:`~mgd.distillers.base.Distiller.set_epoch` (0-based):
 DKD's ``min((epoch + 1) / warmup, 1)`` is mdistiller's 1-based ``min(epoch / warmup, 1)``; KD++'s code ramps
 ``min(epoch / warmup, 1)`` from 0-based epochs, so its KD term is off in the first epoch.
@@ -21,6 +29,7 @@ from typing import Optional
 from torch import nn
 
 from ..features import embedding_layer, embedding_spec
+from ..losses.logit_standardization import standardize_logits
 from .base import Distiller
 from .nd_term import NDTerm
 
@@ -60,17 +69,23 @@ class LogitDistiller(NDTerm, Distiller):
             method, trained with the KD++ recipe); 0: the method alone.
         ramp_nd: 1 ramps the ND term in with the method's term over ``warmup_epochs``, as KD++'s ImageNet
             DKD++ (``ImageNet/train_dkd.py``); 0 (its CIFAR code) adds it at full weight from the start.
+        logit_standardize: 1 z-scores both networks' logits per sample (minus their mean, divided by 1e-7 +
+            their standard deviation over the classes) before the temperature softmax: logit standardization
+            (Sun et al., CVPR 2024), with the authors' weights and base temperature where the method's own
+            differ (kd: KD weight 9 at T 2, cross-entropy weight 1; dkd: alpha 9, beta 72, T 2); 0 (default): off.
     """
 
     needs_features = False
-    cli_options = ("warmup_epochs", "nd_weight", "ramp_nd")
+    cli_options = ("warmup_epochs", "nd_weight", "ramp_nd", "logit_standardize")
     #: Whether the method's term ramps in over ``warmup_epochs`` (and from which epoch count).
     one_based_warmup = True
 
     def __init__(self, t_net: nn.Module, s_net: nn.Module, *, nd_weight: float = 0.0, warmup_epochs: float = 20,
                  num_classes: Optional[int] = None, teacher_embedding: Optional[str] = None,
-                 student_embedding: Optional[str] = None, ramp_nd: bool = False, **kwargs) -> None:
+                 student_embedding: Optional[str] = None, ramp_nd: bool = False, logit_standardize: bool = False,
+                 **kwargs) -> None:
         self.ramp_nd = bool(ramp_nd)
+        self.logit_standardize = bool(logit_standardize)
         if nd_weight > 0:
             self.needs_features = True  # the embeddings
             kwargs.update(teacher_layers=[embedding_spec(t_net, teacher_embedding)],
@@ -93,7 +108,18 @@ class LogitDistiller(NDTerm, Distiller):
     def logit_losses(self, s_out, t_out, target) -> dict:
         raise NotImplementedError
 
+    def standardize(self, s_out, t_out):
+        """Both networks' logits z-scored per sample (``logit_standardize``), in float32; the teacher's detached.
+        An output that is a tuple of logits (a student with two heads) has each of them standardised."""
+        def each(out, detach):
+            if isinstance(out, (tuple, list)):
+                return type(out)(each(o, detach) for o in out)
+            return standardize_logits(out.detach() if detach else out)
+        return each(s_out, False), each(t_out, True)
+
     def losses(self, s_feats, t_feats, s_out, t_out, target):
+        if self.logit_standardize:
+            s_out, t_out = self.standardize(s_out, t_out)
         out = self.logit_losses(s_out, t_out, target)
         if self.nd_weight > 0:
             nd = self.nd_term(s_feats[-1], t_feats[-1], target)

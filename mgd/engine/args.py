@@ -90,7 +90,7 @@ def add_precision_arguments(p: argparse.ArgumentParser) -> None:
 
 
 #: Options whose flag carries no method prefix (``--loss-factor``, ``--nd-weight``: several methods share them).
-_UNPREFIXED_OPTIONS = ("loss_factor", "loss_ratio", "nd_weight")
+_UNPREFIXED_OPTIONS = ("loss_factor", "loss_ratio", "nd_weight", "logit_standardize")
 #: Options read from a flag of the same name that is no method flag (``--sync-bn``) or set by the launcher.
 _RUN_OPTIONS = ("sync_bn", "distributed")
 

@@ -1,4 +1,6 @@
 """The data and teacher every cls/ test module shares: generated once per test session."""
+import shutil
+
 import pytest
 import torch
 from PIL import Image
@@ -33,3 +35,15 @@ def teacher_weights(tmp_path_factory):
     state = randomize_bn(build_model(TEACHER, 3)).state_dict()
     torch.save({"state_dict": {"module." + k: v for k, v in state.items()}}, path)
     return path
+
+
+@pytest.fixture(scope="session")
+def few_images(image_folder, tmp_path_factory):
+    """The first four training and one validation image of each class: two steps of 6 images per tiny run."""
+    root = tmp_path_factory.mktemp("few")
+    for split, count in (("train", 4), ("valid", 1)):
+        for folder in sorted((image_folder / split).iterdir()):
+            (root / split / folder.name).mkdir(parents=True)
+            for image in sorted(folder.iterdir())[:count]:
+                shutil.copy(image, root / split / folder.name / image.name)
+    return root

@@ -2,7 +2,6 @@
 classification row trains one tiny epoch with its method, pair and options as they are; README's recipes
 table is the one configs/table.py generates."""
 import os
-import shutil
 import subprocess
 import sys
 
@@ -51,18 +50,6 @@ def test_every_config_parses_and_its_printed_settings_give_the_same_run(path, tm
     printed.write_text(capsys.readouterr().out)
     again = parser_for(path)[0].parse_args([*argv, "--config", str(printed)])
     assert {**vars(args), "config": None} == {**vars(again), "config": None}
-
-
-@pytest.fixture(scope="module")
-def few_images(image_folder, tmp_path_factory):
-    """The first four training and one validation image of each class: two steps of 6 images per tiny run."""
-    root = tmp_path_factory.mktemp("few")
-    for split, count in (("train", 4), ("valid", 1)):
-        for folder in sorted((image_folder / split).iterdir()):
-            (root / split / folder.name).mkdir(parents=True)
-            for image in sorted(folder.iterdir())[:count]:
-                shutil.copy(image, root / split / folder.name / image.name)
-    return root
 
 
 @pytest.fixture(scope="module")

@@ -14,18 +14,16 @@ from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from detectron2.data import build_detection_train_loader  # noqa: E402
 from detectron2.layers import FrozenBatchNorm2d, NaiveSyncBatchNorm  # noqa: E402
 from detectron2.modeling.backbone.resnet import build_resnet_backbone  # noqa: E402
 from detectron2.modeling.meta_arch.rcnn import GeneralizedRCNN  # noqa: E402
 from detectron2.modeling.meta_arch.retinanet import RetinaNet  # noqa: E402
-from detectron2.utils.events import EventStorage  # noqa: E402
 
 import export_student  # noqa: E402
 import train_net  # noqa: E402
 from mgd_d2 import add_mgd_config, enable_stage_last_norm, feature_methods, teacher_config  # noqa: E402
 from mgd_d2.config import check_method  # noqa: E402
-from toy import CONFIGS, make_cfg, tiny_opts  # noqa: E402
+from toy import CONFIGS, make_cfg, tiny_opts, training_step_losses  # noqa: E402
 
 # (meta-architecture, method, config): the R50 -> R18 configs; KD and DKD on the Faster R-CNN one; MGD and OFD on
 # the MobileNetV2 pair.
@@ -89,11 +87,7 @@ def test_training_logs_a_finite_positive_distillation_term(run):
 def test_gradients_reach_the_student_and_the_distiller_not_the_teacher(run):
     arch, method, _, cfg, trainer, _, _ = run
     model = _unwrap(trainer.model)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    model.train()
-    model.zero_grad(set_to_none=True)
-    with EventStorage(0):
-        losses = model(next(iter(build_detection_train_loader(cfg))))
+    losses, before = training_step_losses(model, cfg)
     assert TERM[method] in losses
     losses[TERM[method]].backward()  # the distillation term alone
     assert not any(p.requires_grad for p in model.teacher.parameters())

@@ -30,11 +30,11 @@ PLUGIN = "stage_l2"
 
 
 def test_the_two_paths_are_capabilities_of_the_registered_methods():
-    assert feature_methods() == ["at", "mgd", "ofd", "sm", "sp"]
-    assert logit_methods() == ["dist", "dkd", "kd"]  # not nd: KD++ needs the classifiers' embeddings
+    assert feature_methods() == ["at", "cwd", "fitnet", "masked_generative", "mgd", "ofd", "sm", "sp"]
+    assert logit_methods() == ["dist", "dkd", "kd"]  # not nd (KD++ needs the embeddings), nor deit (two heads)
     cfg = make_cfg("unused", os.path.join(CONFIGS, "mgd_faster_rcnn_R50_R18_FPN_1x.yaml"), **{"MGD.DISTILLER": "nd"})
     with pytest.raises(ValueError, match=r"MGD.DISTILLER 'nd' is not valid for DistillGeneralizedRCNN; valid: at, "
-                                         r"mgd, ofd, sm, sp, dist, dkd, kd$"):
+                                         r"cwd, fitnet, masked_generative, mgd, ofd, sm, sp, dist, dkd, kd$"):
         check_method(cfg, box_logits=True)
     cfg.MGD.DISTILLER, cfg.MGD.LOSS_FACTOR = "at", "auto"
     with pytest.raises(ValueError, match="at has none .*leave it empty"):

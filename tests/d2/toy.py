@@ -83,3 +83,15 @@ def tiny_opts(out, **overrides):
     opts = dict(TINY, OUTPUT_DIR=str(out))
     opts.update(overrides)
     return [x for k, v in opts.items() for x in (k, v if isinstance(v, str) else repr(v))]
+
+
+def training_step_losses(model, cfg):
+    """The losses of one training step of ``model`` (in train mode, gradients zeroed) on a batch of ``cfg``'s
+    training data, and the state to restore afterwards (``model.load_state_dict(state)``)."""
+    from detectron2.data import build_detection_train_loader
+    from detectron2.utils.events import EventStorage
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    model.train()
+    model.zero_grad(set_to_none=True)
+    with EventStorage(0):
+        return model(next(iter(build_detection_train_loader(cfg)))), state
