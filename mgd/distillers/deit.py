@@ -23,32 +23,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..features.spec import unwrap
 from ..losses import kd_loss
+from ..losses.deit import deit_distillation_loss
 from ..registry import register_distiller
 from .logits import LogitDistiller
 
-__all__ = ["DeiTDistiller", "deit_distillation_loss"]
-
-
-def deit_distillation_loss(dist_logits: torch.Tensor, teacher_logits: torch.Tensor, kind: str = "hard",
-                           tau: float = 1.0) -> torch.Tensor:
-    """DeiT's distillation term for the distillation head (``losses.py``, ``DistillationLoss``): ``hard``, the
-    cross-entropy to the teacher's arg-max class (Eq. 3); ``soft``, ``tau^2`` times the KL divergence of the
-    tempered softmaxes summed over the batch and divided by its number of logits (Eq. 2). Float32."""
-    s, t = dist_logits.float(), teacher_logits.detach().float()
-    if kind == "hard":
-        return F.cross_entropy(s, t.argmax(dim=1))
-    if kind != "soft":
-        raise ValueError(f"distillation_type must be 'hard' or 'soft', got {kind!r}")
-    if tau <= 0:
-        raise ValueError(f"tau must be positive, got {tau}")
-    kl = F.kl_div(F.log_softmax(s / tau, dim=1), F.log_softmax(t / tau, dim=1), reduction="sum", log_target=True)
-    return kl * tau ** 2 / s.numel()
+__all__ = ["DeiTDistiller"]
 
 
 @register_distiller("deit")
@@ -84,10 +67,16 @@ class DeiTDistiller(LogitDistiller):
             raise ValueError(f"deit tau must be positive, got {tau}")
         kwargs.setdefault("student_embedding", "head_dist")  # DeiT++: the distillation token's embedding
         super().__init__(t_net, s_net, warmup_epochs=warmup_epochs, **kwargs)
+        self._was_distilled_training = bool(getattr(student, "distilled_training", False))
         student.set_distilled_training(True)  # training: both heads' logits; eval: their mean
         self.distillation_type, self.alpha, self.tau, self.kd_weight = distillation_type, float(alpha), float(tau), \
             float(kd_weight)
         self.task_weight = 1.0 if self.nd_weight > 0 else 1.0 - self.alpha
+
+    def close(self) -> None:
+        """As every distiller's, and the student's ``distilled_training`` flag back as it was."""
+        super().close()
+        unwrap(self.s_net).set_distilled_training(self._was_distilled_training)
 
     @staticmethod
     def _heads(s_out):

@@ -40,8 +40,8 @@ class MaskedGenerativeSetting:
 
 #: The authors' settings per task (yzd-v/MGD). Classification: ImageNet ResNet-34 -> ResNet-18 and ResNet-50 ->
 #: MobileNet-V1, the last backbone feature, a channel mask (their cls loss). Detection: RetinaNet ResNeXt-101 ->
-#: ResNet-50 on every FPN level, a spatial mask (their Faster R-CNN config uses alpha 5e-7, lambda 0.45: give them
-#: as options). Segmentation: PSPNet ResNet-101 -> DeepLabV3 ResNet-18, the last backbone feature, a spatial mask.
+#: ResNet-50 on every FPN level, a spatial mask (their Faster R-CNN config uses alpha 5e-7, lambda 0.45: the options
+#: alpha and mask_ratio; d2 does not set them yet). Segmentation: PSPNet ResNet-101 -> DeepLabV3 ResNet-18, the last backbone feature, a spatial mask.
 SETTINGS: Dict[str, MaskedGenerativeSetting] = {
     "classification": MaskedGenerativeSetting(7e-5, 0.15, "channel", "cls/configs/distillers/res34_distill_res18_img.py"
                                               ", res50_distill_mv1_img.py; cls/mmcls/distillation/losses/mgd.py"),
@@ -97,7 +97,7 @@ class MaskedGenerativeDistiller(Distiller):
     """
 
     cli_options = ("alpha", "mask_ratio", "mask", "task", "relu")
-    flag_prefix = "masked_generative"  # --masked-generative-alpha, d2's MGD.MASKED_GENERATIVE
+    flag_prefix = "masked_generative"  # --masked-generative-alpha
     dense_outputs = True  # any (N, C, H, W) stage feature: classifiers, segmenters, detectors' backbones
     replica_safe = False  # the mask count moves in the training forward: DistributedDataParallel, not DataParallel
 

@@ -6,8 +6,9 @@ student feature to a middle width, fuses it with the upsampled residual of the d
 2-channel sigmoid attention, and maps it to the teacher's width (Sec. 3.2, Fig. 3); the hierarchical context
 loss (:func:`mgd.losses.hcl_loss`) compares each output with the teacher's feature at that position.
 Loss: CE + min(epoch / warmup, 1) * weight * HCL, epochs counted from 0 as the authors' CIFAR-100
-``train.py`` (and KD++'s ReviewKD++; mdistiller counts from 1), with their weight 5 and 20-epoch warm-up (ImageNet: weight 1 for ResNet-34 -> ResNet-18, 8 for ResNet-50 -> MobileNet-V1, whose
-middle width they set to 256). ``nd_weight`` > 0 adds KD++'s ND term on the embeddings: ReviewKD++.
+``train.py`` (and KD++'s ReviewKD++; mdistiller counts from 1), with their weight 5 and 20-epoch warm-up
+(ImageNet, mdistiller's configs: weight 1 for ResNet-34 -> ResNet-18, 8 for ResNet-50 -> MobileNet-V1, whose
+middle width they set to 256, and no ramp). ``nd_weight`` > 0 adds KD++'s ND term on the embeddings: ReviewKD++.
 """
 from __future__ import annotations
 
@@ -86,7 +87,8 @@ class ReviewKDDistiller(NDTerm, Distiller):
 
     Args:
         weight: weight of the HCL term (5, CIFAR; ImageNet ResNet-34 -> ResNet-18: 1, ResNet-50 -> MobileNet-V1: 8).
-        warmup_epochs: epochs over which the term ramps in linearly (20, CIFAR; ImageNet 1).
+        warmup_epochs: epochs over which the term ramps in linearly, counted from epoch 0 as the authors' code
+            (20, CIFAR; ImageNet 0: mdistiller's WARMUP_EPOCHS 1, counted from epoch 1, is no ramp).
         mid_channels: the ABFs' middle width (None: min(512, the student's widest position); 256 for ResNet-50
             -> MobileNet-V1).
         nd_weight: > 0 adds KD++'s ND loss on the penultimate embeddings with this weight (ReviewKD++).

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from mgd import build_distiller
-from mgd.distillers.deit import deit_distillation_loss
+from mgd.losses import deit_distillation_loss
 from tiny_models import randomize_bn, tiny_resnet
 
 
@@ -77,6 +77,14 @@ def test_deit_plus_plus_adds_nd_on_the_distillation_tokens_embedding_with_kdpps_
     torch.testing.assert_close(terms["deit"], 0.4 * 0.5 * kd_loss(dist_head, t_logits, 1.0))
     assert set(terms) == {"deit", "nd"} and terms["nd"] > 0
     d.close()
+
+
+def test_close_gives_the_student_back_as_it_was():
+    student = tiny_deit()
+    d = build_distiller("deit", randomize_bn(tiny_resnet(False)), student)
+    assert student.distilled_training
+    d.close()
+    assert not student.distilled_training
 
 
 def test_a_student_without_a_distillation_token_is_one_clear_error():
