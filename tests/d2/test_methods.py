@@ -226,8 +226,9 @@ def test_every_distillation_config_names_its_method_pair_and_teacher(path):
 
 def test_bad_method_for_the_architecture_is_one_clear_error(dataset, tmp_path):
     cfg = make_cfg(tmp_path, **{"MGD.DISTILLER": "kd"})  # a RetinaNet has no box head
-    with pytest.raises(ValueError, match=r"MGD.DISTILLER 'kd' is not valid for MGDRetinaNet; valid: at, mgd, ofd, "
-                                         r"sm, sp \(dist, dkd, kd need a Faster R-CNN\)$"):
+    with pytest.raises(ValueError, match=r"MGD.DISTILLER 'kd' is not valid for MGDRetinaNet; valid: at, cwd, fitnet, "
+                                         r"masked_generative, mgd, ofd, sm, sp \(dist, dkd, kd need a Faster "
+                                         r"R-CNN\)$"):
         train_net.Trainer.build_model(cfg)
     cfg = make_cfg(tmp_path, os.path.join(CONFIGS, "mgd_faster_rcnn_R50_R18_FPN_1x.yaml"),
                    **{"MGD.DISTILLER": "dkd", "MGD.LOSS_FACTOR": "auto"})

@@ -1,6 +1,11 @@
 """Regression: every method's loss terms and the student's gradient norm on fixed seeded inputs equal the
-values recorded before the one-contract refactor (tests/fixtures/losses.json, rel 1e-5), through the
-original API and through the contract alike. The hand computations are in the other test files."""
+values recorded before the one-contract refactor (tests/fixtures/losses.json), through the original API and
+through the contract alike. The hand computations are in the other test files.
+
+Tolerance rel 1e-4: the inputs pass through two small float32 networks first, whose convolution kernels
+differ between processors in the last bits; through the networks and the loss that grows to about 2e-5
+(kd 1.5e-5, ofd 1.8e-5 on an AMD EPYC against the recording machine). A change of formula moves the values
+by far more."""
 import json
 import os
 
@@ -9,6 +14,8 @@ import torch
 
 import mgd
 from fixtures import make_loss_fixtures as fx
+
+REL = 1e-4
 
 with open(os.path.join(os.path.dirname(fx.__file__), "losses.json")) as f:
     RECORDED = json.load(f)
@@ -20,8 +27,8 @@ def test_losses_and_gradients_equal_the_recorded_values(label):
     want = RECORDED[label]
     assert set(got["terms"]) == set(want["terms"])
     for name, value in want["terms"].items():
-        assert got["terms"][name] == pytest.approx(value, rel=1e-5), name
-    assert got["grad_norm"] == pytest.approx(want["grad_norm"], rel=1e-5)
+        assert got["terms"][name] == pytest.approx(value, rel=REL), name
+    assert got["grad_norm"] == pytest.approx(want["grad_norm"], rel=REL)
 
 
 @pytest.mark.parametrize("label", [label for label in sorted(fx.CASES) if label.startswith("mgd.")])
@@ -36,11 +43,11 @@ def test_the_contract_gives_the_recorded_mgd_values_normalised(label):
     torch.manual_seed(3)
     _, losses = d.forward_train(images, target)
     want = RECORDED[label]
-    assert losses["distill"].item() == pytest.approx(want["terms"]["distill_sum"] / fx.BATCH / 1e4, rel=1e-5)
+    assert losses["distill"].item() == pytest.approx(want["terms"]["distill_sum"] / fx.BATCH / 1e4, rel=REL)
     if "kd" in want["terms"]:
-        assert losses["kd"].item() == pytest.approx(want["terms"]["kd"], rel=1e-5)
+        assert losses["kd"].item() == pytest.approx(want["terms"]["kd"], rel=REL)
     sum(losses.values()).backward()
-    assert fx.grad_norm(student) == pytest.approx(want["grad_norm"], rel=1e-5)
+    assert fx.grad_norm(student) == pytest.approx(want["grad_norm"], rel=REL)
 
 
 def test_the_recorded_matchings_do_not_hinge_on_a_tie():
