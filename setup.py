@@ -20,5 +20,7 @@ setup(
         "ortools>=9.4",  # ortools.graph.python.linear_sum_assignment appeared in 9.4
         "pyyaml",  # --config recipes (mgd.engine.config)
     ],
-    extras_require={"test": ["pytest", "pytest-timeout"], "timm": ["timm>=1.0"]},
+    extras_require={"test": ["pytest", "pytest-timeout"], "timm": ["timm>=1.0"],
+                    "sweep": ["optuna>=4.0", "matplotlib", "tqdm"]},  # python -m mgd.sweep
+    entry_points={"console_scripts": ["mgd-sweep=mgd.tools.sweep:main"]},
 )

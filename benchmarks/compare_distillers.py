@@ -4,6 +4,12 @@ several seeds; prints and writes a markdown table of mean +- std top-1.
 
     python benchmarks/compare_distillers.py --source <folder with the Fashion-MNIST *-ubyte.gz files>
 
+It is a sweep (``python -m mgd.sweep``, methods x seeds) on the demo's data and teacher: this script prepares
+both, writes the sweep's space (one group of flags per method) into the results folder, runs the sweep, and
+renders the sweep's results as the table (each method's paired difference to the student alone, per seed).
+Interrupted, it continues where it was when run again (finished runs are kept); each set of methods is its own
+sweep folder.
+
 Pair: the demo's teacher cifar_resnet8_w32 (32-64-128 channels) and student cifar_resnet8_w8 (8-16-32), a
 depth-8 CIFAR ResNet 4x narrower than its teacher (in the spirit of the CIFAR tables' resnet32x4 ->
 resnet8x4, shrunk to fit a 2-core CPU). Budget per run: the demo's (a fixed 15,000-image training subset,
@@ -22,48 +28,54 @@ method's paired difference to the student alone, per seed.
 from __future__ import annotations
 
 import argparse
+import csv
+import hashlib
+import json
 import os
 import statistics
 import sys
 import time
 from datetime import date
 
+import yaml
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from cls.demo import STUDENT, TEACHER, common, ensure_teacher, final_top1, prepare_data, schedule, start, wait  # noqa: E402
+from cls.demo import STUDENT, TEACHER, common, ensure_teacher, final_top1, prepare_data, schedule  # noqa: E402
 from mgd.engine import UserError, run_cli  # noqa: E402
+from mgd.tools import sweep  # noqa: E402
 
 METHODS = {
-    "student alone": ("main_base.py", []),
-    "KD": ("main_mgd.py", ["--distiller", "kd"]),
-    "AT": ("main_mgd.py", ["--distiller", "at"]),
-    "SP": ("main_mgd.py", ["--distiller", "sp"]),
-    "OFD": ("main_mgd.py", ["--distiller", "ofd"]),
-    "KD++ (ND)": ("main_mgd.py", ["--distiller", "nd", "--kd-warmup-epochs", "1"]),
-    "DKD": ("main_mgd.py", ["--distiller", "dkd", "--dkd-warmup-epochs", "1"]),
-    "DKD++": ("main_mgd.py", ["--distiller", "dkd", "--dkd-warmup-epochs", "1", "--nd-weight", "1"]),
-    "DIST": ("main_mgd.py", ["--distiller", "dist"]),
-    "DIST++": ("main_mgd.py", ["--distiller", "dist", "--nd-weight", "1"]),
-    "ReviewKD": ("main_mgd.py", ["--distiller", "reviewkd", "--reviewkd-warmup-epochs", "1"]),
-    "ReviewKD++": ("main_mgd.py", ["--distiller", "reviewkd", "--reviewkd-warmup-epochs", "1", "--nd-weight", "1"]),
+    "student alone": ["--distiller", "none"],
+    "KD": ["--distiller", "kd"],
+    "AT": ["--distiller", "at"],
+    "SP": ["--distiller", "sp"],
+    "OFD": ["--distiller", "ofd"],
+    "KD++ (ND)": ["--distiller", "nd", "--kd-warmup-epochs", "1"],
+    "DKD": ["--distiller", "dkd", "--dkd-warmup-epochs", "1"],
+    "DKD++": ["--distiller", "dkd", "--dkd-warmup-epochs", "1", "--nd-weight", "1"],
+    "DIST": ["--distiller", "dist"],
+    "DIST++": ["--distiller", "dist", "--nd-weight", "1"],
+    "ReviewKD": ["--distiller", "reviewkd", "--reviewkd-warmup-epochs", "1"],
+    "ReviewKD++": ["--distiller", "reviewkd", "--reviewkd-warmup-epochs", "1", "--nd-weight", "1"],
     # 4096 negatives: the paper's 16384 are more than the 15,000 training images of this budget
-    "CRD": ("main_mgd.py", ["--distiller", "crd", "--crd-num-negatives", "4096"]),
-    "FitNet": ("main_mgd.py", ["--distiller", "fitnet"]),
-    "CWD": ("main_mgd.py", ["--distiller", "cwd"]),
-    "Masked GD": ("main_mgd.py", ["--distiller", "masked_generative"]),
-    "KD+LS": ("main_mgd.py", ["--distiller", "kd", "--logit-standardize", "1"]),
-    "DKD+LS": ("main_mgd.py", ["--distiller", "dkd", "--dkd-warmup-epochs", "1", "--logit-standardize", "1"]),
-    "MGD-AMP": ("main_mgd.py", ["--distiller", "mgd", "--mgd-reducer", "amp"]),
-    "MGD-AMP + KD": ("main_mgd.py", ["--distiller", "mgd", "--mgd-reducer", "amp", "--mgd-with-kd", "1"]),
+    "CRD": ["--distiller", "crd", "--crd-num-negatives", "4096"],
+    "FitNet": ["--distiller", "fitnet"],
+    "CWD": ["--distiller", "cwd"],
+    "Masked GD": ["--distiller", "masked_generative"],
+    "KD+LS": ["--distiller", "kd", "--logit-standardize", "1"],
+    "DKD+LS": ["--distiller", "dkd", "--dkd-warmup-epochs", "1", "--logit-standardize", "1"],
+    "MGD-AMP": ["--distiller", "mgd", "--mgd-reducer", "amp"],
+    "MGD-AMP + KD": ["--distiller", "mgd", "--mgd-reducer", "amp", "--mgd-with-kd", "1"],
     # the loss factor's evidence (README, "--loss-factor auto"): fixed factors against the calibrated one
-    "MGD-AMP, factor 1e2": ("main_mgd.py", ["--distiller", "mgd", "--mgd-reducer", "amp", "--loss-factor", "1e2"]),
-    "MGD-AMP, factor 1e3": ("main_mgd.py", ["--distiller", "mgd", "--mgd-reducer", "amp", "--loss-factor", "1e3"]),
-    "MGD-AMP, factor 1e4": ("main_mgd.py", ["--distiller", "mgd", "--mgd-reducer", "amp", "--loss-factor", "1e4"]),
-    "MGD-AMP, factor 1e5": ("main_mgd.py", ["--distiller", "mgd", "--mgd-reducer", "amp", "--loss-factor", "1e5"]),
-    "MGD-AMP, factor auto": ("main_mgd.py", ["--distiller", "mgd", "--mgd-reducer", "amp", "--loss-factor", "auto"]),
-    "MGD-AMP, factor auto, ratio 2": ("main_mgd.py", ["--distiller", "mgd", "--mgd-reducer", "amp", "--loss-factor",
-                                                      "auto", "--loss-ratio", "2"]),
+    "MGD-AMP, factor 1e2": ["--distiller", "mgd", "--mgd-reducer", "amp", "--loss-factor", "1e2"],
+    "MGD-AMP, factor 1e3": ["--distiller", "mgd", "--mgd-reducer", "amp", "--loss-factor", "1e3"],
+    "MGD-AMP, factor 1e4": ["--distiller", "mgd", "--mgd-reducer", "amp", "--loss-factor", "1e4"],
+    "MGD-AMP, factor 1e5": ["--distiller", "mgd", "--mgd-reducer", "amp", "--loss-factor", "1e5"],
+    "MGD-AMP, factor auto": ["--distiller", "mgd", "--mgd-reducer", "amp", "--loss-factor", "auto"],
+    "MGD-AMP, factor auto, ratio 2": ["--distiller", "mgd", "--mgd-reducer", "amp", "--loss-factor", "auto",
+                                      "--loss-ratio", "2"],
 }
 #: The default comparison (the factor variants are asked for by name).
 DEFAULT_METHODS = [m for m in METHODS if ", factor " not in m]
@@ -90,79 +102,85 @@ def parse(argv):
     return p.parse_args(argv)
 
 
+def sweep_space(args, teacher_weights: str) -> dict:
+    """The sweep of ``args.methods`` x ``args.seeds``: the demo's command without its seed, one group of flags
+    per method (with the loss factor, unless the method names its own)."""
+    base = common(args)
+    at = base.index("--seed")
+    base = base[:at] + base[at + 2:]
+    command = ["python", os.path.join(ROOT, "cls", "main_mgd.py")] + base + schedule(args.epochs) + [
+        "-a", STUDENT, "--teacher-arch", TEACHER, "--teacher-resume", teacher_weights,
+        "--mgd-update-freq", "1", "--mgd-update-images", "5000"]
+    methods = {}
+    for method in args.methods:
+        flags = list(METHODS[method])
+        if "--loss-factor" not in flags:
+            flags += ["--loss-factor", str(args.loss_factor)]
+        methods[method] = flags
+    return {"command": command, "space": {"method": methods}, "seeds": list(args.seeds)}
+
+
+def sweep_folder(args, space: dict) -> str:
+    """One sweep folder per comparison: the hash of its space (methods, seeds, budget, teacher), so another
+    budget or set of methods is a sweep of its own and running the same command again continues this one."""
+    digest = hashlib.sha1(json.dumps(space, sort_keys=True).encode()).hexdigest()[:8]
+    return os.path.join(args.results, f"sweep-{digest}")
+
+
+def read_results(folder: str, seeds) -> dict:
+    """method -> [top-1 of each seed] of the sweep's finished trials (a method that failed: NaN)."""
+    with open(os.path.join(folder, "results.csv")) as f:
+        rows = list(csv.DictReader(f))
+    results = {}
+    for row in rows:
+        if row["state"] == "complete" or row["method"] not in results:
+            results[row["method"]] = [float(row[f"seed {s}"]) if row[f"seed {s}"] else float("nan") for s in seeds]
+    return results
+
+
+def render(results: dict, methods, seeds, teacher: float) -> str:
+    """The README's table: mean +- std over seeds, and each method's paired difference to the student alone."""
+    lines = ["| model | top-1 (%), mean ± std over seeds " + " ".join(map(str, seeds)) + " |", "| --- | --- |",
+             f"| teacher {TEACHER} (seed 0) | {teacher:.2f} |"]
+    for method in methods:
+        vals = results.get(method, [float("nan")] * len(seeds))
+        std = statistics.stdev(vals) if len(vals) > 1 else 0.0
+        lines.append(f"| {method} ({STUDENT}) | {statistics.mean(vals):.2f} ± {std:.2f} |")
+    alone = results.get("student alone")
+    if alone:  # paired: the same seed, data order and initial student
+        lines[0] += " paired difference to the student alone, per seed |"
+        lines[1] += " --- |"
+        lines[2] += " |"
+        for i, method in enumerate(methods):
+            diffs = [v - a for v, a in zip(results.get(method, [float("nan")] * len(seeds)), alone)]
+            lines[3 + i] += " " + ", ".join(f"{d:+.2f}" for d in diffs) + " |"
+    return "\n".join(lines)
+
+
 def main(argv=None) -> None:
     args = parse(argv)
     begin = time.time()
     prepare_data(args)
     teacher_dir, teacher_weights = ensure_teacher(args)
-    queue = []
-    # runs (and the results file) of another size or subset than the default's are kept apart
-    size_tag = ((f"-{args.input_size}px" if args.input_size != 28 else "")
-                + (f"-{args.train_subset}" if args.train_subset != 15000 else ""))
-    for seed in args.seeds:
-        for method in args.methods:
-            script, extra = METHODS[method]
-            if script == "main_mgd.py":
-                extra = extra + ["--teacher-arch", TEACHER, "--teacher-resume", teacher_weights,
-                                 "--mgd-update-freq", "1", "--mgd-update-images", "5000"]
-                if "--loss-factor" not in extra:
-                    extra += ["--loss-factor", str(args.loss_factor)]
-            slug = "".join(c for c in method.lower().replace("+", "-").replace(",", "-") if c.isalnum() or c in "-.")
-            out = os.path.join(args.results, f"{slug}-seed{seed}{size_tag}")
-            args.seed = seed
-            argv_run = common(args) + schedule(args.epochs) + ["-a", STUDENT, "--output-dir", out, "--overwrite"]
-            argv_run += extra
-            queue.append((method, seed, script, argv_run, out))
-    os.makedirs(args.results, exist_ok=True)
-    by_seed = {m: {} for m in args.methods}  # method -> seed -> top-1 (runs finish in any order)
-    running = []
-    while queue or running:
-        while queue and len(running) < args.jobs:
-            method, seed, script, argv_run, out = queue.pop(0)
-            if os.path.isfile(os.path.join(out, "log.jsonl")) and final_top1(out)["epochs"] == args.epochs:
-                by_seed[method][seed] = final_top1(out)["last"]  # finished in an earlier invocation
-                continue
-            log = out + ".log"
-            running.append((method, seed, out, log, start(f"{method} s{seed}", script, argv_run, 1, log)))
-        for item in list(running):
-            method, seed, out, log, proc = item
-            if proc.poll() is not None:
-                try:
-                    wait(proc, f"{method} seed {seed}", log)
-                    by_seed[method][seed] = final_top1(out)["last"]
-                except UserError as exc:  # e.g. a loss factor so small that the run diverges: a result too
-                    print(f"failed: {exc}", flush=True)
-                    by_seed[method][seed] = float("nan")
-                print(f"done: {method} seed {seed}: {by_seed[method][seed]:.2f}  ({time.time() - begin:.0f} s)",
-                      flush=True)
-                running.remove(item)
-        time.sleep(1)
-
-    results = {m: [by_seed[m][seed] for seed in args.seeds] for m in args.methods}  # in seed order
-    teacher = final_top1(teacher_dir)["last"]
-    lines = ["| model | top-1 (%), mean ± std over seeds " + " ".join(map(str, args.seeds)) + " |", "| --- | --- |",
-             f"| teacher {TEACHER} (seed 0) | {teacher:.2f} |"]
-    for method in args.methods:
-        vals = results[method]
-        std = statistics.stdev(vals) if len(vals) > 1 else 0.0
-        lines.append(f"| {method} ({STUDENT}) | {statistics.mean(vals):.2f} ± {std:.2f} |")
-    alone = results.get("student alone")
-    if alone and len(alone) == len(args.seeds):  # paired: the same seed, data order and initial student
-        lines[0] += " paired difference to the student alone, per seed |"
-        lines[1] += " --- |"
-        lines[2] += " |"
-        for i, method in enumerate(args.methods):
-            diffs = [v - a for v, a in zip(results[method], alone)]
-            lines[3 + i] += " " + ", ".join(f"{d:+.2f}" for d in diffs) + " |"
-    table = "\n".join(lines)
+    space = sweep_space(args, teacher_weights)
+    folder = sweep_folder(args, space)
+    os.makedirs(folder, exist_ok=True)
+    space_file = os.path.join(folder, "space.yaml")
+    with open(space_file, "w") as f:
+        yaml.safe_dump(space, f, sort_keys=False, width=120)
+    code = sweep.main([folder, "--space", space_file, "--jobs", str(args.jobs), "--threads", "1"])
+    if code == 130:
+        raise KeyboardInterrupt
+    if code != 0:
+        raise UserError(f"the sweep in {folder} stopped (exit {code}): its error is above")
+    table = render(read_results(folder, args.seeds), args.methods, args.seeds, final_top1(teacher_dir)["last"])
     note = (f"Fashion-MNIST at {args.input_size} px, {args.train_subset} training images, full test set, "
-            f"{args.epochs} epochs, "
-            f"measured {date.today().isoformat()} in {time.time() - begin:.0f} s with "
-            f"`python benchmarks/compare_distillers.py --seeds {' '.join(map(str, args.seeds))}`")
+            f"{args.epochs} epochs, measured {date.today().isoformat()} (this invocation {time.time() - begin:.0f} s) "
+            f"with `python benchmarks/compare_distillers.py --seeds {' '.join(map(str, args.seeds))}`; the sweep's "
+            f"trials: {os.path.join(folder, 'results.md')}")
     print("\n" + table + "\n\n" + note)
-    with open(os.path.join(args.results, f"results{size_tag}.md"), "w") as f:
-        f.write(table + "\n\n" + note + "\n\nper seed: " +
-                "; ".join(f"{m}: {', '.join(f'{v:.2f}' for v in results[m])}" for m in args.methods) + "\n")
+    with open(os.path.join(folder, "table.md"), "w") as f:
+        f.write(table + "\n\n" + note + "\n")
 
 
 if __name__ == "__main__":
