@@ -14,6 +14,7 @@ Results: SWEEP_DIR/results.{md,csv}, best.txt, best.yaml and PNG plots.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shlex
 import signal
@@ -26,7 +27,7 @@ from typing import List, Optional, Sequence
 
 from .errors import SweepError
 from .report import metric_name, rows, write_best, write_plots, write_tables
-from .runs import python_command
+from .runs import last_error, python_command
 from .space import Range, check_names, dimensions_from_yaml, flags_of, grid_points, parse_grid, parse_range
 from .spec import Spec, describe_difference, folder_lock, load_spec, save_spec
 from .study import (RETRY_CHOICES, enqueue_missing, mark_stale, next_trial, open_storage, open_study, run_dir,
@@ -206,10 +207,7 @@ def _config_keys(done: subprocess.CompletedProcess) -> set:
 
 
 def _last_error(done: subprocess.CompletedProcess) -> str:
-    text = (done.stderr or "") + (done.stdout or "")
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    errors = [line for line in lines if "error:" in line.lower()]
-    return (errors or lines or [f"exit {done.returncode}"])[-1]
+    return last_error((done.stderr or "") + "\n" + (done.stdout or "")) or f"exit {done.returncode}"
 
 
 def check_command(spec: Spec, folder: str) -> None:
@@ -353,8 +351,8 @@ def _setup(args) -> tuple:
         if args.storage or args.study_name:
             given_storage = args.storage if not args.storage or "://" in args.storage else \
                 os.path.abspath(args.storage)
-            _same_sweep(Spec(**{**spec.__dict__, "storage": given_storage or spec.storage,
-                                "study_name": args.study_name or spec.study_name}), spec, folder)
+            _same_sweep(dataclasses.replace(spec, storage=given_storage or spec.storage,
+                                            study_name=args.study_name or spec.study_name), spec, folder)
     else:
         _same_sweep(spec, load_spec(folder) if os.path.isdir(folder) else None, folder)  # before the check's runs
     if args.trials:

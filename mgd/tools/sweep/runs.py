@@ -20,7 +20,7 @@ from typing import Callable, Dict, List, Optional
 
 from .errors import SweepError
 
-__all__ = ["RunResult", "run_training", "finished_run", "metric_of", "error_line", "alive", "stop_process",
+__all__ = ["RunResult", "run_training", "finished_run", "metric_of", "error_line", "last_error", "alive", "stop_process",
            "stop_group", "python_command", "RUN_LOCK"]
 
 #: how often a running trial's log is read (seconds)
@@ -66,19 +66,24 @@ def metric_of(record: Dict, metric: str) -> Optional[str]:
 _ERROR = re.compile(r"[\w.]*error:", re.I)
 
 
-def error_line(output_path: str) -> str:
-    """The run's ``error: ...`` line (the scripts' one-line convention) or a traceback's last
+def last_error(text: str) -> str:
+    """The ``error: ...`` line of a script's output (the scripts' one-line convention) or a traceback's last
     ``SomeError: ...`` line, whole; else its last line."""
-    try:
-        with open(output_path, errors="replace") as f:
-            lines = [line.strip() for line in f if line.strip()]
-    except OSError:
-        return ""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
     for line in reversed(lines):
         found = _ERROR.search(line)
         if found:
             return line[found.start():]
     return lines[-1] if lines else ""
+
+
+def error_line(output_path: str) -> str:
+    """:func:`last_error` of a run's output file ("" when it cannot be read)."""
+    try:
+        with open(output_path, errors="replace") as f:
+            return last_error(f.read())
+    except OSError:
+        return ""
 
 
 def alive(pid: int) -> bool:

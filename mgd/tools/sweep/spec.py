@@ -4,6 +4,7 @@ the same folder or study is refused instead of mixing its trials in."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import fcntl
 import json
 import os
@@ -38,8 +39,9 @@ class Spec:
     storage: Optional[str] = None
     study_name: str = "sweep"
 
-    @property
+    @functools.cached_property
     def dims(self) -> List[Dimension]:
+        """The space's dimensions, parsed once (the space is not changed after the spec is built)."""
         return dimensions_from_yaml(self.space, SPEC_FILE)
 
     @classmethod

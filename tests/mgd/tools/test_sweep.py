@@ -5,6 +5,7 @@ tests/cls/test_sweep.py."""
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,8 +16,7 @@ import pytest
 from mgd.tools.sweep import main
 from mgd.tools.sweep.errors import SweepError
 from mgd.tools.sweep.space import parse_grid, parse_range, point_key
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from scripts import ROOT
 TRAINER = os.path.join(ROOT, "tests", "sweep_trainer.py")
 
 
@@ -125,7 +125,7 @@ def test_two_worker_processes_on_one_study_run_every_point_once(tmp_path):
     assert [w.returncode for w in workers] == [0, 0], outputs
     ran = starts(log)
     assert sorted(ran) == sorted((a, lr, "0") for a in ("0.1", "0.3", "0.5", "0.7") for lr in ("0.1", "1"))
-    assert all("trial" in out for out in outputs)  # both workers took trials
+    assert all(re.search(r"^trial \d+ alpha=", out, re.M) for out in outputs), outputs  # both workers trained
     rows = table(folder)
     assert len(rows) == 8 and {r["state"] for r in rows} == {"complete"}
 
