@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import json
 import multiprocessing.connection
+import multiprocessing.resource_tracker
 import multiprocessing.util
 import os
 import re
@@ -67,10 +68,13 @@ def _spawned(index: int, worker: Callable[[int, argparse.Namespace], None], args
     The worker leads a session of its own (as torchrun's workers do), so that a terminal's Ctrl-C reaches the
     launcher only: the launcher forwards it to the workers, never to their DataLoader worker processes, which
     a SIGINT in the midst of their start-up would end with a traceback. The launcher started this process
-    with SIGINT ignored (a SIGINT during its imports would print one too); the file ``INDEX.started`` tells
-    the launcher that a SIGINT now stops this worker cleanly (before, it kills it: there is nothing to save)."""
+    with SIGINT ignored (a SIGINT during its imports would print one too) and blocked (a mask that exec keeps:
+    unblocked here while still ignored, which discards one that came meanwhile); the file ``INDEX.started``
+    tells the launcher that a SIGINT now stops this worker cleanly (before, it kills it: there is nothing to
+    save)."""
     WORKER.report_path = os.path.join(report_dir, f"{index}.json")
     os.setsid()
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     signal.signal(signal.SIGINT, _worker_sigint)
     open(os.path.join(report_dir, f"{index}.started"), "w").close()
     try:
@@ -180,7 +184,8 @@ class _ParentSigint:
         """Processes started inside this block start with SIGINT ignored (a disposition that exec keeps, and
         that Python keeps at start-up): a Ctrl-C during their imports would end them with a traceback. SIGINT
         is blocked here meanwhile, so that one sent to the launcher waits for its handler (Linux does not
-        discard a blocked signal, even an ignored one)."""
+        discard a blocked signal, even an ignored one). Nothing inside may unblock it: the caller starts
+        multiprocessing's resource tracker first, whose start would."""
         if self.previous is None:
             yield
             return
@@ -206,6 +211,9 @@ def run_spawned(worker: Callable[[int, argparse.Namespace], None], args: argpars
     report_dir = tempfile.mkdtemp(prefix="mgd-launch-")
     sigint = _ParentSigint()
     _quiet_resource_tracker()
+    # started now, not by the first worker's start: starting it unblocks SIGINT (resource_tracker.ensure_running
+    # blocks, then unblocks it around its spawn), and a Ctrl-C then, while SIGINT is ignored, would be lost
+    multiprocessing.resource_tracker.ensure_running()
     try:
         with sigint.children_start_ignoring_it():
             context = mp.start_processes(_spawned, args=(worker, args, report_dir), nprocs=nprocs, join=False,

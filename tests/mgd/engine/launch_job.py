@@ -3,7 +3,8 @@
 Two gloo workers start through :func:`mgd.engine.launch` under :func:`mgd.engine.run_cli`, as the training
 scripts do; SCENARIO says how rank 1 (or the job) goes wrong. Each worker writes its pid to DIR/ready-RANK
 once it has joined the group and finished a first all-reduce, so that a test can signal the job (or one
-worker) at a known point. ``--stop-grace S`` shortens the launcher's STOP_GRACE_S.
+worker) at a known point. ``--stop-grace S`` shortens the launcher's STOP_GRACE_S; ``--sigint-while-starting``
+sends the launcher a SIGINT of its own once its workers have started, before it installs its handler.
 """
 import argparse
 import importlib
@@ -115,11 +116,20 @@ def main(argv) -> None:
     p.add_argument("scenario", choices=sorted(SCENARIOS))
     p.add_argument("dir")
     p.add_argument("--stop-grace", type=float, default=None)
+    p.add_argument("--sigint-while-starting", action="store_true")
     add_launch_arguments(p)
     args = p.parse_args(argv)
     if args.stop_grace is not None:
         # the module, not the function that mgd.engine exports under the same name
         importlib.import_module("mgd.engine.spawn").STOP_GRACE_S = args.stop_grace
+    if args.sigint_while_starting:
+        start_processes = torch.multiprocessing.start_processes
+
+        def start_then_interrupt(*a, **kw):
+            context = start_processes(*a, **kw)
+            os.kill(os.getpid(), signal.SIGINT)
+            return context
+        torch.multiprocessing.start_processes = start_then_interrupt
     launch(worker, args)
 
 

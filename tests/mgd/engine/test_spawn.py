@@ -1,5 +1,6 @@
 """mgd.engine.spawn: a spawned 2-process gloo job ends with one line naming its root cause (a killed rank, a
 user error, a programming error, a collective's timeout) or "interrupted" after Ctrl-C, within a bounded time."""
+import contextlib
 import os
 import signal
 import subprocess
@@ -75,8 +76,10 @@ def run_job(tmp_path, scenario, *flags, signals=0, to="group", when="ready"):
                 time.sleep(0.3)
         _, err = proc.communicate(timeout=55)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+        if proc.poll() is None:  # the workers lead sessions of their own: the launcher's group misses them
+            for pid in workers_of(proc.pid) + [proc.pid]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)
     return proc.returncode, err, time.monotonic() - start
 
 
@@ -135,6 +138,13 @@ def test_ctrl_c_stops_a_ddp_job_with_one_word_and_exit_code_130(tmp_path, scenar
     DataLoader with worker processes, or still importing torch."""
     code, err, seconds = run_job(tmp_path, scenario, signals=1, to=to, when=when)
     assert (code, err) == (130, "interrupted\n") and seconds < 10
+
+
+def test_a_ctrl_c_while_the_workers_start_is_not_lost(tmp_path):
+    """The SIGINT waits, blocked, for the launcher's handler (nothing, not multiprocessing's resource tracker
+    starting with the first worker, unblocks it while it is ignored); the job would otherwise train on."""
+    code, err, seconds = run_job(tmp_path, "train", "--sigint-while-starting")
+    assert (code, err) == (130, "interrupted\n") and seconds < 45
 
 
 @pytest.mark.parametrize("to", ["group", "launcher", "rank1"])
