@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.mgd-installed
 
 
-.PHONY: test demo demo-seg quickstart bench venv d2 clean
+.PHONY: test demo demo-seg quickstart bench venv d2 docs docs-serve clean
 
 venv: $(STAMP)
 
@@ -27,6 +27,14 @@ d2: $(STAMP)
 
 test: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q tests
+
+# The documentation site, from docs/ and mkdocs.yml into site/: strict (a warning, such as a page naming a flag
+# that no script has, fails it) and offline (no fonts or scripts from the internet).
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
+
+docs-serve: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs serve
 
 # Debian's dataset-fashion-mnist package installs the IDX files here; `make demo DOWNLOAD=1` lets
 # torchvision download them instead (needs internet).
@@ -61,4 +69,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/amp_losses.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache site

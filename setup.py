@@ -21,6 +21,7 @@ setup(
         "pyyaml",  # --config recipes (mgd.engine.config)
     ],
     extras_require={"test": ["pytest", "pytest-timeout"], "timm": ["timm>=1.0"],
-                    "sweep": ["optuna>=4.0", "matplotlib", "tqdm"]},  # python -m mgd.sweep
+                    "sweep": ["optuna>=4.0", "matplotlib", "tqdm"],  # python -m mgd.sweep
+                    "docs": ["mkdocs>=1.6", "mkdocs-material>=9.5", "mkdocstrings-python>=1.10"]},  # make docs
     entry_points={"console_scripts": ["mgd-sweep=mgd.tools.sweep:main"]},
 )

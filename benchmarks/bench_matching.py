@@ -13,7 +13,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import best_of, report  # noqa: E402
+from common import Results, add_save_argument, best_of, report  # noqa: E402
 
 from mgd.matching import match_channels  # noqa: E402
 
@@ -58,20 +58,23 @@ def main():
     parser.add_argument("--sc", type=int, default=1024)
     parser.add_argument("--tc", type=int, default=2048)
     parser.add_argument("--repeat", type=int, default=3)
+    add_save_argument(parser)
     args = parser.parse_args()
+    results = Results(["what", "original formulation", "mgd", "speed-up"])
     cost = realistic_cost(args.sc, args.tc)
     print(f"cost {args.sc}x{args.tc}, values {cost.min():.3f}..{cost.max():.3f}")
     base = best_of(lambda: original_per_arc(cost), repeat=args.repeat)
     ours = best_of(lambda: match_channels(cost, solver="ortools"), repeat=args.repeat)
     ours_scipy = best_of(lambda: match_channels(cost, solver="scipy"), repeat=args.repeat)
     flow = best_of(lambda: transportation_min_cost_flow(cost), repeat=args.repeat)
-    report("match_channels (ortools, vectorized)", base, ours, target=4)
-    report("match_channels (scipy)", base, ours_scipy)
-    report("transportation as min-cost flow (ortools)", base, flow)
+    report(f"match_channels, {args.sc}x{args.tc} cost, OR-Tools", base, ours, target=4, results=results)
+    report("match_channels, same, scipy", base, ours_scipy, results=results)
+    report("transportation as OR-Tools min-cost flow (not used)", base, flow, results=results)
     odd = realistic_cost(args.sc - 64, args.tc)
-    print(f"non-divisible {odd.shape[0]}x{odd.shape[1]}: ortools "
-          f"{best_of(lambda: match_channels(odd), repeat=args.repeat) * 1e3:.1f} ms, scipy "
-          f"{best_of(lambda: match_channels(odd, solver='scipy'), repeat=args.repeat) * 1e3:.1f} ms")
+    results.note(f"Non-divisible {odd.shape[0]}x{odd.shape[1]}: OR-Tools "
+                 f"{best_of(lambda: match_channels(odd), repeat=args.repeat) * 1e3:.1f} ms, scipy "
+                 f"{best_of(lambda: match_channels(odd, solver='scipy'), repeat=args.repeat) * 1e3:.1f} ms.")
+    results.save(args, "the original formulation builds the assignment graph arc by arc")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import best_of, report  # noqa: E402
+from common import Results, add_save_argument, best_of, report  # noqa: E402
 
 from mgd.matching import batch_cost_sum  # noqa: E402
 from mgd.builder import stage_loss  # noqa: E402
@@ -51,7 +51,9 @@ def main():
     parser.add_argument("--tc", type=int, default=1024)
     parser.add_argument("--size", type=int, default=14)
     parser.add_argument("--repeat", type=int, default=7)
+    add_save_argument(parser)
     args = parser.parse_args()
+    results = Results(["what", "original formulation", "mgd", "speed-up"])
     b, sc, tc, hw = args.batch, args.sc, args.tc, args.size
     print(f"threads {torch.get_num_threads()}, B={b}, sc={sc}, tc={tc}, {hw}x{hw}")
     s_feat = torch.randn(b, sc, hw, hw, requires_grad=True)
@@ -71,12 +73,12 @@ def main():
 
     torch.testing.assert_close(ours(), baseline(), rtol=1e-4, atol=1e-2)
     report("MGD-AMP stage forward (BN + reduce + loss)", best_of(baseline, args.repeat),
-           best_of(ours, args.repeat), target=8)
+           best_of(ours, args.repeat), target=8, results=results)
 
     def forward_backward(fn):
         return lambda: fn().backward()
-    report("  ... forward + backward", best_of(forward_backward(baseline), args.repeat),
-           best_of(forward_backward(ours), args.repeat))
+    report("same, forward + backward", best_of(forward_backward(baseline), args.repeat),
+           best_of(forward_backward(ours), args.repeat), results=results)
 
     s_n, t_n = torch.randn(b, sc, hw, hw), torch.randn(b, tc, hw, hw)
 
@@ -88,7 +90,8 @@ def main():
     torch.testing.assert_close(batch_cost_sum(s_n, t_n).float(), torch.from_numpy(original_tracking()),
                                rtol=1e-4, atol=1e-2)
     report("cost tracking (one GEMM vs bmm + sum)", best_of(original_tracking, args.repeat),
-           best_of(lambda: batch_cost_sum(s_n, t_n), args.repeat), target=2)
+           best_of(lambda: batch_cost_sum(s_n, t_n), args.repeat), target=2, results=results)
+    results.save(args, f"B={b}, {sc} <- {tc} channels, {hw}x{hw}")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import best_of  # noqa: E402
+from common import Results, add_save_argument, best_of  # noqa: E402
 
 import mgd  # noqa: E402
 from seg.losses import seg_cross_entropy  # noqa: E402
@@ -104,6 +104,7 @@ def main():
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--method", default="mgd", choices=["mgd", "ofd"])
     parser.add_argument("--memory-of", choices=["base", "distil"], help=argparse.SUPPRESS)
+    add_save_argument(parser)
     args = parser.parse_args()
     if args.memory_of:
         baseline, distil, _ = setup(args)
@@ -124,10 +125,12 @@ def main():
     distiller.close()
     base, ours = min(times["base"]), min(times["distil"])
     mem_base, mem_ours = peak_memory(args, "base"), peak_memory(args, "distil")
-    print(f"{'':<28} {'time':>10} {'peak RSS':>12}")
-    print(f"{'teacher fwd + student step':<28} {base * 1e3:7.0f} ms {mem_base:8.0f} MiB")
-    print(f"{args.method + ' step':<28} {ours * 1e3:7.0f} ms {mem_ours:8.0f} MiB")
-    print(f"overhead ratio {ours / base:.3f} (target <= 1.10), memory ratio {mem_ours / mem_base:.3f}")
+    results = Results(["step", "time", "peak RSS"])
+    results.header()
+    results.add("teacher forward + student step", f"{base * 1e3:.0f} ms", f"{mem_base:.0f} MiB")
+    results.add(f"{args.method} step", f"{ours * 1e3:.0f} ms", f"{mem_ours:.0f} MiB")
+    results.note(f"Overhead ratio {ours / base:.3f} (target <= 1.10), memory ratio {mem_ours / mem_base:.3f}.")
+    results.save(args, f"{TEACHER} -> {STUDENT}, batch {args.batch}, {args.size} px, {args.method} at 6 positions")
 
 
 if __name__ == "__main__":

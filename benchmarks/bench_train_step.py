@@ -19,7 +19,7 @@ import torchvision
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import best_of  # noqa: E402
+from common import Results, add_save_argument, best_of  # noqa: E402
 
 import mgd  # noqa: E402
 from cls.models import build_model, stage_specs  # noqa: E402
@@ -67,13 +67,15 @@ def main():
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--amp", nargs="*", default=["float32", "bfloat16"],
                         choices=["float32", "bfloat16", "float16"], help="precisions to measure")
+    add_save_argument(parser)
     args = parser.parse_args()
     print(f"threads {torch.get_num_threads()}, batch {args.batch}, {args.size} px, ResNet-50 -> MobileNet-V1")
-    print(f"{'precision':<10} {'teacher fwd + student step':>27} {'MGD step':>10} {'overhead ratio':>15}")
+    results = Results(["threads", "precision", "teacher forward + student step", "MGD step", "overhead ratio"])
+    results.header()
     for name in args.amp:
         base, ours = measure(args, None if name == "float32" else name)
-        print(f"{name:<10} {base * 1e3:24.1f} ms {ours * 1e3:7.1f} ms {ours / base:15.3f}   (goal <= 1.05)",
-              flush=True)
+        results.add(torch.get_num_threads(), name, f"{base * 1e3:.1f} ms", f"{ours * 1e3:.1f} ms", f"{ours / base:.3f}")
+    results.save(args, f"ResNet-50 -> MobileNet-V1, batch {args.batch}, {args.size} px; goal: overhead ratio <= 1.05")
 
 
 if __name__ == "__main__":

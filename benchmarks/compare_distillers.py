@@ -46,6 +46,9 @@ from cls.demo import STUDENT, TEACHER, common, ensure_teacher, final_top1, prepa
 from mgd.engine import UserError, run_cli  # noqa: E402
 from mgd.tools import sweep  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import RESULTS, add_save_argument, machine  # noqa: E402
+
 METHODS = {
     "student alone": ["--distiller", "none"],
     "KD": ["--distiller", "kd"],
@@ -68,7 +71,7 @@ METHODS = {
     "DKD+LS": ["--distiller", "dkd", "--dkd-warmup-epochs", "1", "--logit-standardize", "1"],
     "MGD-AMP": ["--distiller", "mgd", "--mgd-reducer", "amp"],
     "MGD-AMP + KD": ["--distiller", "mgd", "--mgd-reducer", "amp", "--mgd-with-kd", "1"],
-    # the loss factor's evidence (README, "--loss-factor auto"): fixed factors against the calibrated one
+    # the loss factor's evidence (docs/matching.md, "The loss factor, measured"): fixed factors and the calibrated
     "MGD-AMP, factor 1e2": ["--distiller", "mgd", "--mgd-reducer", "amp", "--loss-factor", "1e2"],
     "MGD-AMP, factor 1e3": ["--distiller", "mgd", "--mgd-reducer", "amp", "--loss-factor", "1e3"],
     "MGD-AMP, factor 1e4": ["--distiller", "mgd", "--mgd-reducer", "amp", "--loss-factor", "1e4"],
@@ -89,6 +92,7 @@ def parse(argv):
     p.add_argument("--output", default=os.path.join(ROOT, "output", "demo"), help="teacher cache (shared with the demo)")
     p.add_argument("--results", default=os.path.join(ROOT, "output", "compare"))
     p.add_argument("--download", action="store_true")
+    add_save_argument(p)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=list(METHODS))
     p.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
@@ -138,14 +142,21 @@ def read_results(folder: str, seeds) -> dict:
     return results
 
 
+def distiller_of(method: str) -> str:
+    """The registered name that a row of METHODS runs (its ``--distiller``): the documentation's method pages
+    pick their rows of the saved table by it."""
+    flags = METHODS[method]
+    return flags[flags.index("--distiller") + 1]
+
+
 def render(results: dict, methods, seeds, teacher: float) -> str:
-    """The README's table: mean +- std over seeds, and each method's paired difference to the student alone."""
-    lines = ["| model | top-1 (%), mean ± std over seeds " + " ".join(map(str, seeds)) + " |", "| --- | --- |",
-             f"| teacher {TEACHER} (seed 0) | {teacher:.2f} |"]
+    """The comparison table: mean +- std over seeds, and each method's paired difference to the student alone."""
+    lines = ["| model | distiller | top-1 (%), mean ± std over seeds " + " ".join(map(str, seeds)) + " |",
+             "| --- | --- | --- |", f"| teacher {TEACHER} (seed 0) | | {teacher:.2f} |"]
     for method in methods:
         vals = results.get(method, [float("nan")] * len(seeds))
         std = statistics.stdev(vals) if len(vals) > 1 else 0.0
-        lines.append(f"| {method} ({STUDENT}) | {statistics.mean(vals):.2f} ± {std:.2f} |")
+        lines.append(f"| {method} ({STUDENT}) | {distiller_of(method)} | {statistics.mean(vals):.2f} ± {std:.2f} |")
     alone = results.get("student alone")
     if alone:  # paired: the same seed, data order and initial student
         lines[0] += " paired difference to the student alone, per seed |"
@@ -181,6 +192,11 @@ def main(argv=None) -> None:
     print("\n" + table + "\n\n" + note)
     with open(os.path.join(folder, "table.md"), "w") as f:
         f.write(table + "\n\n" + note + "\n")
+    if args.save:  # the documentation's table (benchmarks/results/compare_distillers.md)
+        with open(os.path.join(RESULTS, "compare_distillers.md"), "w") as f:
+            f.write(f"Measured by `python benchmarks/compare_distillers.py --seeds {' '.join(map(str, args.seeds))}` "
+                    f"on {date.today().isoformat()}, {machine()}; Fashion-MNIST at {args.input_size} px, "
+                    f"{args.train_subset} training images, the full test set, {args.epochs} epochs.\n\n{table}\n")
 
 
 if __name__ == "__main__":

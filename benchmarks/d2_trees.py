@@ -40,6 +40,9 @@ from mgd.engine import UserError, shipped_mobilenet_v2_weights  # noqa: E402
 from mgd_d2 import add_mgd_config  # noqa: E402
 from mgd_d2.trees import register_trees  # noqa: E402
 
+sys.path.insert(0, HERE)
+from common import Results, add_save_argument  # noqa: E402
+
 CONFIGS = os.path.join(os.path.dirname(HERE), "d2", "configs")
 ANCHORS = [[s * 2 ** (i + 4) for s in (1.0, 1.26, 1.5875)] for i in range(5)]  # 16, 32, ... 256 (x 2^0, 1/3, 2/3)
 #: A lighter head than COCO's (FPN and head 128 channels wide, 2 convs per head tower instead of 256 and 4): at
@@ -143,6 +146,7 @@ def main(argv=None) -> None:
                    "order; default: 0)")
     p.add_argument("--teacher-seed", type=int, default=0, help="the teacher's seed (default 0)")
     p.add_argument("--output", default="output/d2_trees", help="work folder (tiles; runs under PAIR/)")
+    add_save_argument(p)
     args = p.parse_args(argv)
     setup_logger(name="detectron2")
     logging.getLogger("detectron2").setLevel(logging.WARNING)
@@ -173,15 +177,17 @@ def main(argv=None) -> None:
         runs[alone].append(train_and_test(cfg, f"{alone}, seed {seed}"))
         cfg = config(pair["distilled"], out(f"student_{args.method}-seed{seed}"), args.iters, args, seed, **distill)
         runs[distilled].append(train_and_test(cfg, f"{distilled}, seed {seed}"))
-    print(f"\nseeds {', '.join(map(str, args.seeds))}\n| model | iterations | box AP | AP50 | train time (min) |"
-          f"\n|---|---|---|---|---|")
-    print(f"| {teacher_name} | {args.teacher_iters} | {teacher[0]['AP']:.2f} | {teacher[0]['AP50']:.2f} | "
-          f"{teacher[1] / 60:.1f} |")
+    print(f"\nseeds {', '.join(map(str, args.seeds))}")
+    table = Results(["model", "iterations", "box AP", "AP50", "train time (min)"])
+    table.header()
+    table.add(teacher_name, args.teacher_iters, f"{teacher[0]['AP']:.2f}", f"{teacher[0]['AP50']:.2f}",
+              f"{teacher[1] / 60:.1f}")
     for name, results in runs.items():
-        print(f"| {name} | {args.iters} | {spread([r['AP'] for r, _ in results])} | "
-              f"{spread([r['AP50'] for r, _ in results])} | {statistics.mean(t for _, t in results) / 60:.1f} |")
+        table.add(name, args.iters, spread([r['AP'] for r, _ in results]), spread([r['AP50'] for r, _ in results]),
+                  f"{statistics.mean(t for _, t in results) / 60:.1f}")
     gains = [d["AP"] - a["AP"] for (a, _), (d, _) in zip(runs[alone], runs[distilled])]
-    print(f"\n{args.method.upper()} - alone, box AP per seed: {', '.join(f'{g:+.2f}' for g in gains)}")
+    table.note(f"{args.method.upper()} - alone, box AP per seed: {', '.join(f'{g:+.2f}' for g in gains)}.")
+    table.save(args, f"{args.pair} pair, seeds {', '.join(map(str, args.seeds))}, {args.size} px, batch {args.batch}")
 
 
 def spread(values) -> str:

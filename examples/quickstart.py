@@ -45,7 +45,7 @@ def main() -> None:
     print(f"done in {time.time() - start:.1f} s; matching solved {int(distiller.num_updates)} times; "
           f"stage-3 guided indices (first 8): {distiller.guided_inds[3][:8].tolist()}")
     distiller.close()  # hooks off: the two networks are as they were
-    print("This run used generated data. For real data see the README (classification, detection, MoCo).")
+    print("This run used generated data. For real data see docs/applications/ (classification, detection, MoCo).")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ __all__ = ["calibrate_loss_factor", "DEFAULT_LOSS_RATIO", "DEFAULT_CALIBRATION_I
 
 logger = logging.getLogger("mgd")
 
-#: The distillation term starts at this multiple of the task loss: chosen from the README's evidence (the best
+#: The distillation term starts at this multiple of the task loss: measured in docs/matching.md (the best
 #: fixed factors started at 0.55-5.5x the cross-entropy at 28 px and at 2.4x at 56 px; 0.5 was lower than both).
 DEFAULT_LOSS_RATIO = 2.0
 #: Images measured (over all processes).

@@ -82,7 +82,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--distiller", default="none", choices=dense_methods(),
                    help="the method; none (plain training, the default) trains the model alone")
     p.add_argument("--distill-positions", default="all", help="backbone, head, all, or a comma-separated list of "
-                   "stage1..stage4, aspp, decoder (seg/README.md)")
+                   "stage1..stage4, aspp, decoder (docs/applications/segmentation.md)")
     add_training_arguments(p, epochs=30, batch_size=8, lr=0.01, workers=4, checkpoint="last.pth",
                            evaluate="evaluate the model (and the teacher)")  # the LR decays as (1 - it / total) ** 0.9
     p.add_argument("--sync-bn", default=0, type=int, choices=[0, 1], help="SyncBatchNorm in distributed training")

@@ -46,7 +46,7 @@ def add_mgd_config(cfg: CN) -> None:
     # (MGD's matching, OFD's connectors, AT, SP, another package's); with a Faster R-CNN, a method that reads
     # only the logits works on the box head's class logits of the student's sampled proposals, the teacher's
     # box head run on those same proposals (as mdistiller's detection code). `train_net.py --help` and
-    # d2/README.md list the registered ones.
+    # docs/applications/detection.md list the registered ones.
     cfg.MGD.DISTILLER = "mgd"
     # Channel reducer: "amp" (absolute max pooling), "sp" (max pooling), "rd" (random drop), "sm" (sparse).
     cfg.MGD.REDUCER = "amp"
