@@ -25,8 +25,9 @@ $(STAMP): Makefile requirements.txt setup.py d2/install_detectron2.py d2/detectr
 d2: $(STAMP)
 	$(PY) d2/install_detectron2.py
 
+# Two pytest processes, one thread each; a file's tests stay in one process (they share its fixtures).
 test: $(STAMP)
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q tests
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadfile tests
 
 # The documentation site, from docs/ and mkdocs.yml into site/: strict (a warning, such as a page naming a flag
 # that no script has, fails it) and offline (no fonts or scripts from the internet).

@@ -9,7 +9,7 @@ the memories move to the new embeddings with momentum 0.5. Loss: CE + 0.8 * (NCE
 the authors' CIFAR-100 setting (``-a 0 -b 0.8``).
 
 The memory bank needs each sample's dataset index (``forward_train(images, target, indices=...)``; the
-applications pass it only to the methods whose ``needs_indices`` is true) and costs N x 128 x 2 floats: 15 MB
+applications pass it only to the methods whose ``needs_indices`` is true) and costs N x 128 x 2 floats: 51 MB
 for CIFAR's 50,000 images, 1.3 GB for ImageNet's 1.28 M in float32. ``memory="queue"`` needs neither: a
 MoCo-style queue of the last ``num_negatives`` embeddings of each side supplies the negatives, and the
 positive is the other network's current embedding of the same image (our variant, not in the paper).
