@@ -22,6 +22,6 @@ setup(
     ],
     extras_require={"test": ["pytest", "pytest-timeout"], "timm": ["timm>=1.0"],
                     "sweep": ["optuna>=4.0", "matplotlib", "tqdm"],  # python -m mgd.sweep
-                    "docs": ["mkdocs>=1.6", "mkdocs-material>=9.5", "mkdocstrings-python>=1.10"]},  # make docs
+                    "docs": ["mkdocs>=1.6", "mkdocs-material>=9.5", "mkdocstrings-python>=1.10", "latex2mathml>=3.77"]},  # make docs
     entry_points={"console_scripts": ["mgd-sweep=mgd.tools.sweep:main"]},
 )

@@ -58,7 +58,7 @@ def main():
     for name in sorted(n for n, cls in mgd.DISTILLERS.items() if cls.needs_teacher):  # none has no term
         try:
             d = mgd.build_distiller(name, teacher, student, **PAIR_OPTIONS.get(name, {}))
-        except (ValueError, TypeError) as exc:  # a method for other networks (deit: a ViT student)
+        except ValueError as exc:  # a method for other networks (deit: a ViT student)
             results.note(f"{name}: not on this pair ({exc}).")
             continue
         if d.prepare_due(0):

@@ -170,6 +170,9 @@ def render(results: dict, methods, seeds, teacher: float) -> str:
 
 def main(argv=None) -> None:
     args = parse(argv)
+    if args.save and set(args.methods) != set(DEFAULT_METHODS):
+        raise UserError("--save writes the whole comparison (the documentation's table): run it with the default "
+                        "--methods, or without --save")
     begin = time.time()
     prepare_data(args)
     teacher_dir, teacher_weights = ensure_teacher(args)
@@ -194,7 +197,7 @@ def main(argv=None) -> None:
         f.write(table + "\n\n" + note + "\n")
     if args.save:  # the documentation's table (benchmarks/results/compare_distillers.md)
         with open(os.path.join(RESULTS, "compare_distillers.md"), "w") as f:
-            f.write(f"Measured by `python benchmarks/compare_distillers.py --seeds {' '.join(map(str, args.seeds))}` "
+            f.write(f"Measured by `python benchmarks/compare_distillers.py {' '.join(sys.argv[1:])}` "
                     f"on {date.today().isoformat()}, {machine()}; Fashion-MNIST at {args.input_size} px, "
                     f"{args.train_subset} training images, the full test set, {args.epochs} epochs.\n\n{table}\n")
 

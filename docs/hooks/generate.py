@@ -19,9 +19,10 @@ Directives (an HTML comment on a line of its own, replaced before Markdown is re
 Display equations (``$$ ... $$`` on lines of their own) become MathML at build time (latex2mathml), which
 browsers render without a script: the site loads nothing from the internet.
 
-A page that names a flag which no parser has (in inline code that starts with ``--``, or in a line of code
-that runs one of the project's scripts) is a warning, so ``mkdocs build --strict`` fails: a flag renamed in
-code cannot live on in the documentation. Unknown directives and missing result files are warnings too.
+A page that names a flag which no parser has (anywhere in inline or fenced code; the authors' flags that
+pages quote are listed in :data:`FOREIGN_FLAGS`) is a warning, so ``mkdocs build --strict`` fails: a flag
+renamed in code cannot live on in the documentation. Unknown or malformed directives, unknown method names
+and missing result files are warnings too.
 """
 from __future__ import annotations
 
@@ -34,6 +35,8 @@ import re
 import sys
 from typing import Callable, Dict, Iterable, List, Optional, Set
 
+from mkdocs.plugins import event_priority
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 log = logging.getLogger("mkdocs.plugins.mgd")
@@ -44,11 +47,15 @@ PARSERS = (("cls.main_mgd", "get_parser"), ("cls.main_base", "get_parser"), ("se
            ("mgd.tools.sweep.cli", "parser"))
 #: Folders whose scripts' literal ``add_argument("--flag", ...)`` calls count as well (demos, benchmarks, tools).
 SCRIPT_FOLDERS = ("cls", "seg", "unsup", "d2", "benchmarks", "examples", "configs", "mgd")
-#: A line of code that runs one of the project's scripts (its flags are checked).
-OUR_COMMAND = re.compile(r"(?:^|[\s;&|(])(?:python3?\s+(?:-m\s+mgd\.[\w.]+|\S*(?:cls|seg|unsup|d2|benchmarks|examples|"
-                         r"configs)/[\w/]+\.py)|mgd-sweep)\b")
+#: Flags of other programs that pages quote in code, with whose they are.
+FOREIGN_FLAGS = {
+    "--logit-stand": "logit-standardization-KD's tools/train.py", "--base-temp": "logit-standardization-KD's "
+    "tools/train.py", "--distillation-alpha": "DeiT's main.py", "--distillation-tau": "DeiT's main.py",
+    "--distill": "RepDistiller's train_student.py", "--kd-alpah": "the sweep page's example of a misspelt flag",
+}
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9]*(?:-[a-z0-9]+)*(?![\w-])")  # --with_underscores: the authors' scripts
-DIRECTIVE = re.compile(r"^<!-- mgd:(\w+)(?: +([\w-]+))? -->[ \t]*$", re.M)
+DIRECTIVE = re.compile(r"^<!-- mgd:(\w+)(?: ([\w-]+))? -->[ \t]*$", re.M)
+LEFT_OVER = re.compile(r"<!--\s*mgd:")
 FENCE = re.compile(r"^([ \t]*)(```|~~~)[^\n]*\n(.*?)^\1\2[ \t]*$", re.M | re.S)
 MATH = re.compile(r"^\$\$[ \t]*\n?(.*?)\n?\$\$[ \t]*$", re.M | re.S)
 INLINE = re.compile(r"(?<!`)`([^`\n]+)`(?!`)")
@@ -93,17 +100,13 @@ def _literal_flags(path: str) -> Iterable[str]:
 
 
 def named_flags(markdown: str) -> List[str]:
-    """The flags a page names: in inline code that starts with ``--`` or runs a script of ours, and in the
-    lines of fenced code that run one (backslash continuations joined)."""
+    """Every flag in the page's code, inline or fenced (a ``#`` comment of a code line left out)."""
     found: List[str] = []
     for block in FENCE.finditer(markdown):
         for line in block.group(3).replace("\\\n", " ").splitlines():
-            if OUR_COMMAND.search(line):
-                found += FLAG.findall(line.split("#", 1)[0] if " #" in line else line)
-    prose = FENCE.sub("", markdown)
-    for span in INLINE.findall(prose):
-        if span.startswith("--") or OUR_COMMAND.search(span):
-            found += FLAG.findall(span)
+            found += FLAG.findall(line.split(" #", 1)[0])
+    for span in INLINE.findall(FENCE.sub("", markdown)):
+        found += FLAG.findall(span)
     return found
 
 
@@ -123,7 +126,8 @@ def options_table(name: str) -> str:
         return f"`{name}` has no options of its own."
     lines = ["| flag | default | what it sets |", "| --- | --- | --- |"]
     for o in options:
-        default = "(see text)" if o.default is None else f"`{o.default}`"
+        default = ("(see text)" if o.default is None else f"`{int(o.default)}`" if isinstance(o.default, bool)
+                   else f"`{o.default}`")  # a switch is 0/1 on the command line
         text = re.sub(r":\w+:`~?([^`]+)`", r"`\1`", o.help).replace("``", "`")
         lines.append(f"| `{option_flag(name, o.option)}` | {default} | {_cell(text)} |")
     return "\n".join(lines)
@@ -145,10 +149,16 @@ def _distils(cls: type) -> str:
     return ", ".join(what)
 
 
-def methods_table(page_url: str) -> str:
+def _method(name: Optional[str]) -> str:
     from mgd.registry import DISTILLERS
-    depth = page_url.strip("/").count("/") if page_url.strip("/") else 0
-    up = "../" * depth
+    if name not in DISTILLERS:
+        raise KeyError(f"no registered method {name!r}")
+    return name
+
+
+def methods_table(src_uri: str) -> str:
+    from mgd.registry import DISTILLERS
+    up = "../" * src_uri.count("/")  # links are relative to the page's source file
     lines = ["| method | paper | distils |", "| --- | --- | --- |"]
     for name in sorted(DISTILLERS):
         cls = DISTILLERS[name]
@@ -166,6 +176,7 @@ def recipes_table(name: Optional[str]) -> str:
     from mgd.engine.config import load_yaml
     if name is None:
         return table.table()
+    _method(name)
     lines = table.table().splitlines()[:2]
     for row, line in zip(table.rows(), table.table().splitlines()[2:]):
         if load_yaml(os.path.join(ROOT, row["config"])).get("distiller") == name:
@@ -184,6 +195,7 @@ def benchmark_file(name: str) -> str:
 def measured_rows(name: str) -> str:
     """Method NAME's rows of the comparison (its ``distiller`` column), with the teacher and the student alone
     for reference, and the file's first line (how, when and where it was measured)."""
+    _method(name)
     lines = benchmark_file("compare_distillers").splitlines()
     table = [line for line in lines if line.startswith("|")]
     if len(table) < 3:
@@ -201,7 +213,7 @@ def measured_rows(name: str) -> str:
 
 DIRECTIVES: Dict[str, Callable[..., str]] = {
     "options": lambda arg, page: options_table(arg),
-    "methods": lambda arg, page: methods_table(page.url),
+    "methods": lambda arg, page: methods_table(page.file.src_uri),
     "recipes": lambda arg, page: recipes_table(arg),
     "benchmark": lambda arg, page: benchmark_file(arg),
     "measured": lambda arg, page: measured_rows(arg),
@@ -213,16 +225,21 @@ DIRECTIVES: Dict[str, Callable[..., str]] = {
 _FLAGS: Set[str] = set()
 
 
+@event_priority(-100)  # after the theme's offline plugin
 def on_config(config, **kwargs):
-    """Read the flags once per build (not per page): a test that renames one sees the new parsers."""
+    """Read the flags once per build (not per page): a test that renames one sees the new parsers. Drop the
+    script that the offline plugin has browsers fetch from unpkg.com (a web-worker shim for search from
+    file://): the site loads nothing from the internet; its search works when served (``make docs-serve``)."""
     _FLAGS.clear()
     _FLAGS.update(known_flags())
+    extra = config.extra
+    extra["polyfills"] = [url for url in extra.get("polyfills", []) if "://" not in url]
     return config
 
 
 def on_page_markdown(markdown: str, page, config, files, **kwargs) -> str:
     where = page.file.src_uri
-    for flag in sorted(set(named_flags(markdown)) - _FLAGS):
+    for flag in sorted(set(named_flags(markdown)) - _FLAGS - set(FOREIGN_FLAGS)):
         log.warning("mgd docs: %s names the flag %s, which no script of the project has", where, flag)
 
     def expand(match: re.Match) -> str:
@@ -236,7 +253,10 @@ def on_page_markdown(markdown: str, page, config, files, **kwargs) -> str:
             log.warning("mgd docs: %s: mgd:%s %s failed (%s: %s)", where, kind, arg or "", type(exc).__name__, exc)
             return match.group(0)
 
-    return _math(DIRECTIVE.sub(expand, markdown), where)
+    markdown = DIRECTIVE.sub(expand, markdown)
+    for line in (line for line in markdown.splitlines() if LEFT_OVER.search(line)):
+        log.warning("mgd docs: %s has a malformed directive (one line, `<!-- mgd:KIND NAME -->`): %s", where, line)
+    return _math(markdown, where)
 
 
 def _math(markdown: str, where: str) -> str:
@@ -244,7 +264,8 @@ def _math(markdown: str, where: str) -> str:
     from latex2mathml.converter import convert
 
     def render(match: re.Match) -> str:
-        latex = re.sub(r"\\[Bb]igg?[lrm]?(?=\\\|)", "", match.group(1).strip())  # latex2mathml prints "\big\|"
+        # sizes only: latex2mathml prints "\big\|" and "\bigl\lVert" as text
+        latex = re.sub(r"\\[Bb]igg?[lrm]?(?=\\[|lrvV])", "", match.group(1).strip())
         try:
             mathml = convert(latex, display="block")
         except Exception as exc:

@@ -68,12 +68,12 @@ def _spawned(index: int, worker: Callable[[int, argparse.Namespace], None], args
     The worker leads a session of its own (as torchrun's workers do), so that a terminal's Ctrl-C reaches the
     launcher only: the launcher forwards it to the workers, never to their DataLoader worker processes, which
     a SIGINT in the midst of their start-up would end with a traceback. The launcher started this process
-    with SIGINT ignored (a SIGINT during its imports would print one too) and blocked (a mask that exec keeps:
-    unblocked here while still ignored, which discards one that came meanwhile); the file ``INDEX.started``
-    tells the launcher that a SIGINT now stops this worker cleanly (before, it kills it: there is nothing to
-    save)."""
+    with SIGINT blocked (a mask that fork and exec keep), so that a Ctrl-C during its imports waited; ignoring
+    it here discards one that came meanwhile, before it is unblocked. The file ``INDEX.started`` then tells
+    the launcher that a SIGINT stops this worker cleanly (before, it kills it: there is nothing to save)."""
     WORKER.report_path = os.path.join(report_dir, f"{index}.json")
     os.setsid()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     signal.signal(signal.SIGINT, _worker_sigint)
     open(os.path.join(report_dir, f"{index}.started"), "w").close()
@@ -180,21 +180,21 @@ class _ParentSigint:
             self.first_at = time.monotonic()
 
     @contextlib.contextmanager
-    def children_start_ignoring_it(self) -> Iterator[None]:
-        """Processes started inside this block start with SIGINT ignored (a disposition that exec keeps, and
-        that Python keeps at start-up): a Ctrl-C during their imports would end them with a traceback. SIGINT
-        is blocked here meanwhile, so that one sent to the launcher waits for its handler (Linux does not
-        discard a blocked signal, even an ignored one). Nothing inside may unblock it: the caller starts
-        multiprocessing's resource tracker first, whose start would."""
+    def children_start_with_it_blocked(self) -> Iterator[None]:
+        """Processes started inside this block start with SIGINT blocked (a mask that fork and exec keep): a
+        Ctrl-C during their imports waits, and the worker discards it (see ``_spawned``). The handler is
+        installed first: a SIGINT sent to this process goes to any of its threads that does not block it
+        (torch's OpenMP threads: the mask is per thread), and whichever thread takes it, the handler records
+        it. Nothing inside may unblock SIGINT in this thread: the caller starts multiprocessing's resource
+        tracker first, whose start would."""
         if self.previous is None:
             yield
             return
+        signal.signal(signal.SIGINT, self._handle)
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
             yield
         finally:
-            signal.signal(signal.SIGINT, self._handle)
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
     def restore(self) -> None:
@@ -212,10 +212,10 @@ def run_spawned(worker: Callable[[int, argparse.Namespace], None], args: argpars
     sigint = _ParentSigint()
     _quiet_resource_tracker()
     # started now, not by the first worker's start: starting it unblocks SIGINT (resource_tracker.ensure_running
-    # blocks, then unblocks it around its spawn), and a Ctrl-C then, while SIGINT is ignored, would be lost
+    # blocks, then unblocks it around its spawn), and the workers started after it would not start blocked
     multiprocessing.resource_tracker.ensure_running()
     try:
-        with sigint.children_start_ignoring_it():
+        with sigint.children_start_with_it_blocked():
             context = mp.start_processes(_spawned, args=(worker, args, report_dir), nprocs=nprocs, join=False,
                                          start_method="spawn")
 
@@ -255,7 +255,7 @@ def _kill_leftovers(processes: Sequence[Any], started: Callable[[int], bool]) ->
 def _quiet_resource_tracker() -> None:
     """A worker killed by a signal leaves its DataLoader's semaphores to multiprocessing's resource tracker,
     which removes them and then warns "There appear to be 12 leaked semaphore objects", after the job's last
-    line, as if that were the problem. The tracker, started with the first worker, takes its warning filters
+    line, as if that were the problem. The tracker, started before the workers, takes its warning filters
     from this process's -W options."""
     option = "ignore:resource_tracker:UserWarning"
     if option not in sys.warnoptions:

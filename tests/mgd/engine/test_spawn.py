@@ -10,6 +10,7 @@ import time
 import pytest
 
 from mgd.engine.spawn import _Ended, _verdict
+from scripts import script_env
 
 JOB = os.path.join(os.path.dirname(os.path.abspath(__file__)), "launch_job.py")
 
@@ -141,10 +142,32 @@ def test_ctrl_c_stops_a_ddp_job_with_one_word_and_exit_code_130(tmp_path, scenar
 
 
 def test_a_ctrl_c_while_the_workers_start_is_not_lost(tmp_path):
-    """The SIGINT waits, blocked, for the launcher's handler (nothing, not multiprocessing's resource tracker
-    starting with the first worker, unblocks it while it is ignored); the job would otherwise train on."""
+    """Nothing (not multiprocessing's resource tracker starting with the first worker) unblocks SIGINT in the
+    thread that starts the workers: the SIGINT waits for the launcher's handler; the job would otherwise
+    train on."""
     code, err, seconds = run_job(tmp_path, "train", "--sigint-while-starting")
     assert (code, err) == (130, "interrupted\n") and seconds < 45
+
+
+RECORDS_A_SIGINT_TAKEN_BY_ANOTHER_THREAD = """
+import os, signal, threading, time
+from mgd.engine.spawn import _ParentSigint
+threading.Thread(target=time.sleep, args=(2,), daemon=True).start()  # as torch's OpenMP threads: not blocking it
+sigint = _ParentSigint()
+with sigint.children_start_with_it_blocked():
+    os.kill(os.getpid(), signal.SIGINT)  # the main thread blocks it: the other thread takes it
+    time.sleep(0.3)
+time.sleep(0.1)
+print(sigint.first_at is not None)
+"""
+
+
+def test_a_ctrl_c_that_another_thread_of_the_launcher_takes_while_the_workers_start_is_recorded():
+    """The mask is per thread: a SIGINT sent to the process goes to a thread that does not block it, and the
+    launcher's handler (not an ignored disposition) must be what it finds there."""
+    out = subprocess.run([sys.executable, "-c", RECORDS_A_SIGINT_TAKEN_BY_ANOTHER_THREAD], capture_output=True,
+                         text=True, timeout=60, env=script_env())
+    assert (out.returncode, out.stdout) == (0, "True\n"), out.stderr
 
 
 @pytest.mark.parametrize("to", ["group", "launcher", "rank1"])
