@@ -208,12 +208,12 @@ def run_spawned(worker: Callable[[int, argparse.Namespace], None], args: argpars
     """Spawn the workers, wait for them, and end the job with one line if any of them failed."""
     import torch.multiprocessing as mp
 
-    report_dir = tempfile.mkdtemp(prefix="mgd-launch-")
     sigint = _ParentSigint()
     _quiet_resource_tracker()
     # started now, not by the first worker's start: starting it unblocks SIGINT (resource_tracker.ensure_running
     # blocks, then unblocks it around its spawn), and the workers started after it would not start blocked
     multiprocessing.resource_tracker.ensure_running()
+    report_dir = tempfile.mkdtemp(prefix="mgd-launch-")  # removed in the finally below
     try:
         with sigint.children_start_with_it_blocked():
             context = mp.start_processes(_spawned, args=(worker, args, report_dir), nprocs=nprocs, join=False,
