@@ -65,23 +65,28 @@ class Results:
         print("\n".join(self.lines[:2]), flush=True)
 
     def save(self, args: argparse.Namespace, what: Optional[str] = None) -> None:
-        if not getattr(args, "save", False):
-            return
-        script = os.path.basename(sys.argv[0])
-        command = " ".join(["python", f"benchmarks/{script}", *sys.argv[1:]])
-        os.makedirs(RESULTS, exist_ok=True)
-        path = os.path.join(RESULTS, script.replace(".py", ".md"))
-        head = f"Measured by `{command}` on {datetime.date.today()}, {machine()}" + (f"; {what}" if what else "") + "."
-        with open(path, "w") as f:
-            f.write("\n".join([head, "", *self.lines, *([""] + self.notes if self.notes else [])]) + "\n")
-        print(f"wrote {os.path.relpath(path)}")
+        save_results(args, [*self.lines, *([""] + self.notes if self.notes else [])], what)
+
+
+def save_results(args: argparse.Namespace, lines: Sequence[str], what: Optional[str] = None) -> None:
+    """With ``--save``, write ``lines`` (a Markdown table, notes) to ``benchmarks/results/<script>.md`` under a
+    line that says how, when and where they were measured."""
+    if not getattr(args, "save", False):
+        return
+    script = os.path.basename(sys.argv[0])
+    command = " ".join(["python", f"benchmarks/{script}", *sys.argv[1:]])
+    os.makedirs(RESULTS, exist_ok=True)
+    path = os.path.join(RESULTS, script.replace(".py", ".md"))
+    head = f"Measured by `{command}` on {datetime.date.today()}, {machine()}" + (f"; {what}" if what else "") + "."
+    with open(path, "w") as f:
+        f.write("\n".join([head, "", *lines]) + "\n")
+    print(f"wrote {os.path.relpath(path)}")
 
 
 def report(name, baseline, ours, target=None, results: Optional[Results] = None):
     ratio = baseline / ours
-    goal = f"  (target >= {target}x: {'met' if ratio >= target else 'NOT met'})" if target else ""
+    goal = f" (target >= {target}x: {'met' if ratio >= target else 'not met'})" if target else ""
     print(f"{name:<44} baseline {baseline * 1e3:9.1f} ms   mgd {ours * 1e3:9.1f} ms   speed-up {ratio:5.1f}x{goal}")
-    if results is not None:
-        verdict = f" (target {target}x: {'met' if ratio >= target else 'not met'})" if target else ""
-        results.lines.append(f"| {name} | {baseline * 1e3:.1f} ms | {ours * 1e3:.1f} ms | {ratio:.1f}x{verdict} |")
+    if results is not None:  # the row only: report() printed it already
+        results.lines.append(f"| {name} | {baseline * 1e3:.1f} ms | {ours * 1e3:.1f} ms | {ratio:.1f}x{goal} |")
     return ratio

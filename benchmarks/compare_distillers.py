@@ -47,7 +47,7 @@ from mgd.engine import UserError, run_cli  # noqa: E402
 from mgd.tools import sweep  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import RESULTS, add_save_argument, machine  # noqa: E402
+from common import add_save_argument, save_results  # noqa: E402
 
 METHODS = {
     "student alone": ["--distiller", "none"],
@@ -195,11 +195,8 @@ def main(argv=None) -> None:
     print("\n" + table + "\n\n" + note)
     with open(os.path.join(folder, "table.md"), "w") as f:
         f.write(table + "\n\n" + note + "\n")
-    if args.save:  # the documentation's table (benchmarks/results/compare_distillers.md)
-        with open(os.path.join(RESULTS, "compare_distillers.md"), "w") as f:
-            f.write(f"Measured by `python benchmarks/compare_distillers.py {' '.join(sys.argv[1:])}` "
-                    f"on {date.today().isoformat()}, {machine()}; Fashion-MNIST at {args.input_size} px, "
-                    f"{args.train_subset} training images, the full test set, {args.epochs} epochs.\n\n{table}\n")
+    save_results(args, table.splitlines(), f"Fashion-MNIST at {args.input_size} px, {args.train_subset} training "
+                 f"images, the full test set, {args.epochs} epochs")  # the documentation's table
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import argparse
 import glob
 import os
 import sys
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import yaml
 
@@ -45,10 +45,11 @@ def _cell(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-def table() -> str:
+def table(recipes: Optional[List[Dict[str, Any]]] = None) -> str:
+    """The Markdown table of ``recipes`` (default: every config's row)."""
     lines = ["| paper | pair | metric | student alone | paper's result | measured here | run |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
-    for r in rows():
+    for r in rows() if recipes is None else recipes:
         lines.append(f"| {_cell(r.get('paper'))} | {_cell(r.get('pair'))} | {_cell(r.get('metric'))} | "
                      f"{_cell(r.get('student_alone'))} | {_cell(r.get('paper_result'))} | {_cell(r.get('measured'))} | "
                      f"`{r['script']} DATA --config {r['config']}` |")

@@ -118,10 +118,8 @@ def _cell(text: object) -> str:
 
 def options_table(name: str) -> str:
     from mgd.engine.args import option_flag
-    from mgd.registry import DISTILLERS, command_line_options
-    if name not in DISTILLERS:
-        raise KeyError(f"no registered method {name!r}")
-    options = command_line_options(name)
+    from mgd.registry import command_line_options
+    options = command_line_options(_method(name))
     if not options:
         return f"`{name}` has no options of its own."
     lines = ["| flag | default | what it sets |", "| --- | --- | --- |"]
@@ -141,9 +139,7 @@ def _first_sentence(doc: Optional[str]) -> str:
 
 
 def _distils(cls: type) -> str:
-    what = ["features" if cls.needs_features else "logits"]
-    if not cls.needs_teacher:
-        what = ["nothing (the student alone)"]
+    what = ["nothing (the student alone)" if not cls.needs_teacher else "features" if cls.needs_features else "logits"]
     if cls.dense_outputs:
         what.append("dense outputs (segmentation)")
     return ", ".join(what)
@@ -177,11 +173,8 @@ def recipes_table(name: Optional[str]) -> str:
     if name is None:
         return table.table()
     _method(name)
-    lines = table.table().splitlines()[:2]
-    for row, line in zip(table.rows(), table.table().splitlines()[2:]):
-        if load_yaml(os.path.join(ROOT, row["config"])).get("distiller") == name:
-            lines.append(line)
-    return "\n".join(lines) if len(lines) > 2 else f"No recipe uses `{name}` yet."
+    uses = [row for row in table.rows() if load_yaml(os.path.join(ROOT, row["config"])).get("distiller") == name]
+    return table.table(uses) if uses else f"No recipe uses `{name}` yet."
 
 
 def benchmark_file(name: str) -> str:

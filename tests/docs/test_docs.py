@@ -30,7 +30,7 @@ def offline(monkeypatch):
 
 
 def read(site, page):
-    with open(os.path.join(site, f"{page or 'index'}.html"), encoding="utf-8") as f:  # the offline plugin's URLs
+    with open(os.path.join(site, f"{page}.html"), encoding="utf-8") as f:  # the offline plugin's URLs
         return f.read()
 
 
